@@ -1,0 +1,60 @@
+# segrec: every target is a thin call into the `segrec` CLI (see `segrec --help`).
+# Usage: make <target> [SIZE=tiny|small|medium|large] [INPUT=path FORMAT=...] [SEED=n]
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PYTHON      ?= python3
+UV_VERSION  := 0.13.8
+UV          := $(PYTHON) -m uv
+SEGREC      := $(VENV)/bin/segrec
+# Debian packages the tests and demo need; `make setup` installs the missing ones.
+APT_PACKAGES :=
+
+SIZE   ?=
+SEED   ?=
+INPUT  ?=
+FORMAT ?=
+MAP    ?=
+PYTEST_ARGS ?=
+
+DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
+	$(if $(INPUT),--input $(INPUT) --format $(or $(FORMAT),canonical)) \
+	$(foreach m,$(MAP),--map $(m))
+
+.PHONY: help setup demo test data lint typecheck clean
+
+help: ## Show each target with its one-line description
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: SIZE=tiny|small|medium|large SEED=n INPUT=path FORMAT=canonical|online-retail|movielens MAP='src=dst ...'"
+
+setup: $(VENV)/.installed ## Create .venv from uv.lock and install missing Debian packages (idempotent)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) sync --locked --python $(PYTHON)
+	@touch $@
+	@echo "Installed the locked environment into $(VENV)"
+
+demo: setup ## Run the main job end to end on the embedded defaults (synthetic data)
+	$(SEGREC) demo
+
+data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then clean it
+	$(SEGREC) data $(DATA_ARGS)
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup ## mypy on the packages
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck ## Lint, type-check and run the whole test suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean: ## Remove generated data and reports (keeps .venv)
+	rm -rf data reports .pytest_cache .mypy_cache .ruff_cache

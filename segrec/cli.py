@@ -1,0 +1,177 @@
+"""The ``segrec`` command line: every make target is a thin call into one command here.
+
+Training-only libraries are imported inside the commands, so ``segrec --help`` and the
+serving side stay light.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segrec.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="segrec: segment-aware product recommendations. Each command prints what it did "
+    "and where its outputs are.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class InputFormat(str, Enum):
+    synthetic = "synthetic"
+    canonical = "canonical"
+    online_retail = "online-retail"
+    movielens = "movielens"
+
+
+class Size(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    medium = "medium"
+    large = "large"
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _parse_map(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        if "=" not in pair:
+            _fail(f"--map takes source=canonical pairs, got {pair!r}")
+        source, canonical = pair.split("=", 1)
+        mapping[source.strip()] = canonical.strip()
+    return mapping
+
+
+@app.command()
+def data(
+    size: Annotated[
+        Size | None, typer.Option(help="Synthetic size (default: SEGREC_SIZE, small).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Generator seed (default: SEGREC_SEED).")] = None,
+    input_path: Annotated[
+        Path | None,
+        typer.Option("--input", help="A real export to import instead of synthetic data."),
+    ] = None,
+    input_format: Annotated[
+        InputFormat,
+        typer.Option("--format", help="Format of --input: canonical, online-retail, movielens."),
+    ] = InputFormat.synthetic,
+    column_map: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Rename a source column for the canonical importer: "
+                     "source=canonical (repeatable)."),
+    ] = None,
+) -> None:
+    """Generate (or import) raw data, then validate, clean and pseudonymise it.
+
+    Writes data/raw/<source>/, data/clean/{customers,products,events}.parquet,
+    data/set_aside/*.parquet and reports/data_quality.json.
+    """
+    settings = get_settings()
+    if size is not None or seed is not None:
+        settings = settings.model_copy(
+            update={k: v for k, v in {"size": size and size.value, "seed": seed}.items() if v}
+        )
+    run_data(settings, input_path, input_format, _parse_map(column_map or []))
+
+
+def run_data(
+    settings: Settings,
+    input_path: Path | None,
+    input_format: InputFormat,
+    column_map: dict[str, str],
+) -> None:
+    from training.data.pipeline import clean_dataset
+    from training.data.quality import QualityReport
+    from training.data.raw import RawDataset
+    from training.data.summary import print_quality_summary
+    from training.data.synthetic.generator import generate
+
+    report = QualityReport(
+        settings.set_aside_dir, settings.pseudonymisation_secret.get_secret_value()
+    )
+    if input_path is None:
+        if input_format is not InputFormat.synthetic:
+            _fail(f"--format {input_format.value} needs --input PATH (the export to import)")
+        raw_dir = settings.raw_dir / "synthetic"
+        console.print(
+            f"Generating synthetic storefront: size={settings.size}, seed={settings.seed}"
+        )
+        generated = generate(raw_dir, settings.size, settings.seed, settings.synthetic_end)
+        console.print(
+            f"  {generated.customers:,} customers, {generated.products:,} products, "
+            f"{generated.events:,} events in {generated.seconds}s -> {raw_dir}"
+        )
+        raw = RawDataset(raw_dir)
+    else:
+        if input_format is InputFormat.synthetic:
+            _fail("--input needs --format canonical, online-retail or movielens")
+        if not input_path.exists():
+            _fail(f"input {input_path} does not exist")
+        from training.data.importers import ImportFormatError, import_export
+
+        raw_dir = settings.raw_dir / input_format.value
+        console.print(f"Importing {input_format.value} export {input_path}")
+        try:
+            raw = import_export(
+                input_format.value, input_path, raw_dir, report, settings, column_map
+            )
+        except ImportFormatError as error:
+            report.close()
+            _fail(str(error))
+        console.print(f"  raw tables -> {raw_dir}")
+
+    console.print("Cleaning: validate, standardise, dedupe, impute, flag, pseudonymise")
+    summary = clean_dataset(raw, settings, report)
+    print_quality_summary(summary.report, console)
+    console.print(
+        f"Clean tables ({summary.rows['customers']:,} customers, "
+        f"{summary.rows['products']:,} products, {summary.rows['events']:,} events, "
+        f"data version {summary.data_version}) -> {summary.clean_dir}"
+    )
+    console.print(f"Quality report -> {summary.report_path}  ({summary.seconds}s)")
+
+
+@app.command()
+def demo() -> None:
+    """The main job end to end on the embedded defaults (synthetic data, SQLite store)."""
+    settings = get_settings()
+    console.rule("segrec demo: data")
+    run_data(settings, None, InputFormat.synthetic, {})
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print every setting, its environment variable, current value and meaning."""
+    settings = get_settings()
+    table = Table(title="Settings (override with environment variables)")
+    for column in ("variable", "value", "meaning"):
+        table.add_column(column)
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "******" if name.endswith("secret") else str(value)
+        table.add_row(f"SEGREC_{name.upper()}", shown, field.description or "")
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,86 @@
+"""The one settings object: every path and knob, from ``SEGREC_*`` environment variables.
+
+Each field's description is its documentation; ``segrec settings`` prints them all with
+their current values, and the README's configuration table is generated from the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SECRET = "segrec-development-secret-change-me"
+
+SizeName = Literal["tiny", "small", "medium", "large"]
+
+
+class Settings(BaseSettings):
+    """Configuration for every segrec command; override any field with ``SEGREC_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGREC_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Root of raw, clean and set-aside data.")
+    reports_dir: Path = Field(Path("reports"), description="Where reports are written.")
+    seed: int = Field(42, description="Seed for every random process (generator, sampling).")
+    size: SizeName = Field("small", description="Synthetic data size: tiny, small, medium, large.")
+    synthetic_end: dt.date = Field(
+        dt.date(2026, 10, 31),
+        description="Last day of synthetic history; history spans the 400 days before it.",
+    )
+    pseudonymisation_secret: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET),
+        description="HMAC key for customer pseudonyms. Set it in production; the default is "
+        "public and the quality report says when it was used.",
+    )
+    dedup_threshold: float = Field(
+        85.0,
+        ge=0,
+        le=100,
+        description="Fuzzy duplicate threshold: weighted name/email/address similarity (0-100) "
+        "at or above which two customer records are merged.",
+    )
+    dedup_max_block: int = Field(
+        2000,
+        description="Largest blocking group compared pairwise in fuzzy dedup; larger groups "
+        "are skipped and counted in the report.",
+    )
+    outlier_iqr_k: float = Field(3.0, description="IQR fence multiplier for outlier flags.")
+    outlier_z: float = Field(4.0, description="Robust z-score limit for outlier flags.")
+    dayfirst: bool = Field(
+        True, description="Read ambiguous dates like 03/04/2026 as day-first (3 April)."
+    )
+    import_consent: Literal["granted", "denied"] = Field(
+        "granted",
+        description="Personalisation consent assumed for imported customers whose source has "
+        "no consent field (counted in the quality report).",
+    )
+    chunk_rows: int = Field(
+        500_000, ge=1000, description="Rows per chunk when streaming events and imports."
+    )
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def clean_dir(self) -> Path:
+        return self.data_dir / "clean"
+
+    @property
+    def set_aside_dir(self) -> Path:
+        return self.data_dir / "set_aside"
+
+    @property
+    def uses_development_secret(self) -> bool:
+        return self.pseudonymisation_secret.get_secret_value() == DEVELOPMENT_SECRET
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

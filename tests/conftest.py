@@ -1,0 +1,52 @@
+"""Shared fixtures: small seeded data sets generated and cleaned once per session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segrec.settings import Settings
+from training.data.pipeline import CleanSummary, clean_dataset
+from training.data.raw import RawDataset
+from training.data.synthetic.generator import generate
+
+SEED = 42
+END = dt.date(2026, 10, 31)
+
+
+def make_settings(root: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=root / "data", reports_dir=root / "reports", **overrides)
+
+
+@dataclass
+class Dataset:
+    settings: Settings
+    raw: RawDataset
+    summary: CleanSummary
+
+    def clean(self, table: str) -> pd.DataFrame:
+        return pd.read_parquet(self.settings.clean_dir / f"{table}.parquet")
+
+
+def _build(root: Path, size: str) -> Dataset:
+    settings = make_settings(root, size=size, seed=SEED)
+    raw_dir = settings.raw_dir / "synthetic"
+    generate(raw_dir, size, SEED, END, progress=False)
+    raw = RawDataset(raw_dir)
+    return Dataset(settings, raw, clean_dataset(raw, settings))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The tiny synthetic storefront, generated and cleaned."""
+    return _build(tmp_path_factory.mktemp("tiny"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The small synthetic storefront (5k customers): enough for structure statistics."""
+    return _build(tmp_path_factory.mktemp("small"), "small")

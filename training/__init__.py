@@ -1,0 +1,1 @@
+"""Training side of segrec: data, features, segmentation, models. Never imported by serving."""
