@@ -1,0 +1,1 @@
+"""The data layer: raw sources -> validated, cleaned, pseudonymised canonical tables."""

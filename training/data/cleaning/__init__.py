@@ -1,0 +1,1 @@
+"""Cleaning steps, each a small function over pandas objects that reports what it changed."""

@@ -1,0 +1,90 @@
+"""Parsing raw strings into typed values; what cannot be parsed comes back as a mask.
+
+Nothing here drops rows: callers decide whether an unparseable value is imputed or the
+row is set aside, and count it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FLOAT_ID = r"^\d+\.0+$"
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "granted", "opt-in", "on"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "denied", "opt-out", "off"})
+
+
+def clean_text(values: pd.Series) -> pd.Series:
+    """Strip whitespace; empty strings become missing."""
+    text = values.astype("string").str.strip()
+    text = text.mask(text == "")
+    return text.astype(object).where(text.notna(), None)
+
+
+def normalise_ids(values: pd.Series) -> tuple[pd.Series, int]:
+    """Strip ids and undo float round-trips (``17850.0`` -> ``17850``); returns fixes made."""
+    ids = clean_text(values)
+    is_float = ids.str.match(FLOAT_ID, na=False)
+    fixed = ids.where(~is_float, ids.str.replace(r"\.0+$", "", regex=True))
+    return fixed, int(is_float.sum())
+
+
+def parse_timestamps(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, pd.Series]:
+    """Parse mixed timestamp formats to UTC; returns (timestamps, unparseable mask).
+
+    Tried in order: ISO 8601 (offsets honoured, naive read as UTC), epoch seconds or
+    milliseconds, then slash dates day-first or month-first as configured, then
+    ``01 Mar 2026 12:00`` and ``2026/03/01 12:00:00``. Missing values are not counted
+    as unparseable.
+    """
+    text = clean_text(values)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    todo = text.notna()
+
+    def attempt(mask: pd.Series, parsed: pd.Series) -> None:
+        ok = parsed.notna()
+        out.loc[ok.index[ok]] = parsed[ok]
+        todo.loc[ok.index[ok]] = False
+
+    attempt(todo, pd.to_datetime(text[todo], format="ISO8601", utc=True, errors="coerce"))
+    epoch = todo & text.str.fullmatch(r"\d{9,13}", na=False)
+    if epoch.any():
+        numbers = text[epoch].astype(np.int64)
+        unit_ms = numbers > 10**11
+        seconds = pd.to_datetime(numbers[~unit_ms], unit="s", utc=True)
+        millis = pd.to_datetime(numbers[unit_ms], unit="ms", utc=True)
+        attempt(epoch, pd.concat([seconds, millis]))
+    slash = ("%d/%m/%Y", "%m/%d/%Y") if dayfirst else ("%m/%d/%Y", "%d/%m/%Y")
+    formats = [f"{d} {t}" for d in slash for t in ("%H:%M:%S", "%H:%M")] + list(slash)
+    formats += ["%d %b %Y %H:%M", "%d %b %Y", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d"]
+    for fmt in formats:
+        if not todo.any():
+            break
+        attempt(todo, pd.to_datetime(text[todo], format=fmt, utc=True, errors="coerce"))
+    return out, todo
+
+
+def parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse prices and quantities: currency symbols, thousands separators, decimal commas.
+
+    Returns (floats, unparseable mask); missing values are not unparseable.
+    """
+    text = clean_text(values)
+    stripped = text.str.replace(r"[£$€\s]", "", regex=True)
+    # "1.234,50" and "12,50" use a decimal comma; "1,234.50" uses a thousands comma.
+    decimal_comma = stripped.str.fullmatch(r"-?[\d.]*,\d{1,2}", na=False)
+    stripped = stripped.where(
+        ~decimal_comma, stripped.str.replace(".", "", regex=False).str.replace(",", ".")
+    )
+    stripped = stripped.str.replace(",", "", regex=False)
+    numbers = pd.to_numeric(stripped, errors="coerce")
+    return numbers.astype(float), text.notna() & numbers.isna()
+
+
+def parse_booleans(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse yes/no spellings; returns (nullable booleans, unparseable mask)."""
+    text = clean_text(values).str.lower()
+    out = pd.Series(pd.NA, index=values.index, dtype="boolean")
+    out[text.isin(TRUE_WORDS)] = True
+    out[text.isin(FALSE_WORDS)] = False
+    return out, text.notna() & out.isna()

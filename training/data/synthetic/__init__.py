@@ -1,0 +1,1 @@
+"""Seeded synthetic storefront: customers with planted personas, a catalogue, sessions."""
