@@ -7,9 +7,9 @@ serving side stay light.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,21 +28,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class InputFormat(str, Enum):
+class InputFormat(StrEnum):
     synthetic = "synthetic"
     canonical = "canonical"
     online_retail = "online-retail"
     movielens = "movielens"
 
 
-class Size(str, Enum):
+class Size(StrEnum):
     tiny = "tiny"
     small = "small"
     medium = "medium"
     large = "large"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
 
@@ -73,8 +73,11 @@ def data(
     ] = InputFormat.synthetic,
     column_map: Annotated[
         list[str] | None,
-        typer.Option("--map", help="Rename a source column for the canonical importer: "
-                     "source=canonical (repeatable)."),
+        typer.Option(
+            "--map",
+            help="Rename a source column for the canonical importer: "
+            "source=canonical (repeatable).",
+        ),
     ] = None,
 ) -> None:
     """Generate (or import) raw data, then validate, clean and pseudonymise it.
@@ -137,14 +140,22 @@ def run_data(
         console.print(f"  raw tables -> {raw_dir}")
 
     console.print("Cleaning: validate, standardise, dedupe, impute, flag, pseudonymise")
-    summary = clean_dataset(raw, settings, report)
+    from training.data.schema import SchemaViolation
+
+    try:
+        summary = clean_dataset(raw, settings, report)
+    except (SchemaViolation, FileNotFoundError) as error:
+        _fail(f"cleaning {raw.directory} stopped: {error}")
     print_quality_summary(summary.report, console)
     console.print(
         f"Clean tables ({summary.rows['customers']:,} customers, "
         f"{summary.rows['products']:,} products, {summary.rows['events']:,} events, "
         f"data version {summary.data_version}) -> {summary.clean_dir}"
     )
-    console.print(f"Quality report -> {summary.report_path}  ({summary.seconds}s)")
+    console.print(
+        f"Quality report -> {summary.report_path} and "
+        f"{summary.report_path.with_suffix('.png')}  ({summary.seconds}s)"
+    )
 
 
 @app.command()

@@ -72,8 +72,17 @@ def test_float_ids_are_restored() -> None:
 
 
 def test_category_spellings_fall_together() -> None:
-    raw = pd.Series(["Home & Kitchen", "home and kitchen", "HOME_KITCHEN", " Home & Kitchen ",
-                     "Home & Kitchen", "Toys", None])
+    raw = pd.Series(
+        [
+            "Home & Kitchen",
+            "home and kitchen",
+            "HOME_KITCHEN",
+            " Home & Kitchen ",
+            "Home & Kitchen",
+            "Toys",
+            None,
+        ]
+    )
     slugs, mapping = standardise_categories(raw)
     assert slugs[:5].tolist() == ["home_and_kitchen"] * 5
     assert slugs[5] == "toys" and pd.isna(slugs[6])
@@ -81,8 +90,9 @@ def test_category_spellings_fall_together() -> None:
 
 
 def test_event_types_and_genders() -> None:
-    types = standardise_event_types(pd.Series(["View", "AddToCart", "add-to-cart", "order",
-                                               "review", "clickk"]))
+    types = standardise_event_types(
+        pd.Series(["View", "AddToCart", "add-to-cart", "order", "review", "clickk"])
+    )
     assert types[:5].tolist() == ["view", "add_to_cart", "add_to_cart", "purchase", "rating"]
     assert pd.isna(types[5])
     genders = standardise_genders(pd.Series(["female", "m", "Non-Binary", "?"]))
@@ -90,8 +100,12 @@ def test_event_types_and_genders() -> None:
 
 
 def test_imputation_records_method_and_marks_rows() -> None:
-    frame = pd.DataFrame({"country": ["GB", "GB", "GB", "DE", "DE", "FR"],
-                          "birth_year": [1980, 1990, np.nan, 1970, np.nan, np.nan]})
+    frame = pd.DataFrame(
+        {
+            "country": ["GB", "GB", "GB", "DE", "DE", "FR"],
+            "birth_year": [1980, 1990, np.nan, 1970, np.nan, np.nan],
+        }
+    )
     trail = pd.Series("", index=frame.index, dtype=object)
     record = impute(frame, "birth_year", "median", trail, by="country")
     # GB median 1985, DE median 1970, FR has none so the overall median 1980.
@@ -122,7 +136,9 @@ def test_mostly_constant_quantities_flag_only_the_extreme() -> None:
 
 def test_postcode_keeps_only_the_area() -> None:
     assert postcode_area(pd.Series(["ln42 7ab", "D02X285", None])).tolist() == [
-        "LN42", "D02X", None,
+        "LN42",
+        "D02X",
+        None,
     ]
 
 
@@ -130,23 +146,48 @@ def test_dedupe_merges_typos_and_keeps_households_and_namesakes_apart() -> None:
     people = pd.DataFrame(
         {
             "customer_id": ["1", "2", "3", "4", "5", "6"],
-            "name": ["Olivia Smith", "Olivia Smiht", "Jack Smith", "Olivia Smith",
-                     "Anna Weber", "Anna Weber"],
-            "email": ["olivia.smith77@mail.example", "olivia.smtih77@mail.example",
-                      "jack.smith12@web.example", "olivia.smith342@post.example",
-                      "ANNA.WEBER5@web.example", "anna.weber5@web.example"],
-            "address": ["12 High Street", "12 High St", "12 High Street", "4 Mill Lane",
-                        "9 Oak Road", "9 Oak Rd"],
+            "name": [
+                "Olivia Smith",
+                "Olivia Smiht",
+                "Jack Smith",
+                "Olivia Smith",
+                "Anna Weber",
+                "Anna Weber",
+            ],
+            "email": [
+                "olivia.smith77@mail.example",
+                "olivia.smtih77@mail.example",
+                "jack.smith12@web.example",
+                "olivia.smith342@post.example",
+                "ANNA.WEBER5@web.example",
+                "anna.weber5@web.example",
+            ],
+            "address": [
+                "12 High Street",
+                "12 High St",
+                "12 High Street",
+                "4 Mill Lane",
+                "9 Oak Road",
+                "9 Oak Rd",
+            ],
             "postcode": ["LN42 7AB", "LN42 7AB", "LN42 7AB", "MA01 2CD", "BE01 1AA", "BE01 1AA"],
             "birth_year": [1980.0, 1980.0, 1982.0, 1980.0, np.nan, 1990.0],
-            "signup_ts": pd.to_datetime(["2024-01-01", "2025-06-01", "2024-02-01", "2023-01-01",
-                                         "2025-01-01", "2024-01-01"], utc=True),
+            "signup_ts": pd.to_datetime(
+                [
+                    "2024-01-01",
+                    "2025-06-01",
+                    "2024-02-01",
+                    "2023-01-01",
+                    "2025-01-01",
+                    "2024-01-01",
+                ],
+                utc=True,
+            ),
         }
     )
     result = find_duplicates(people, threshold=85, max_block=100)
     # 1+2: typo duplicate (survivor 1 signed up first); 3: household member at the same
     # address; 4: a namesake elsewhere; 5+6: same email in other case (survivor 6 is older).
-    assert result.survivor.to_dict() == {"1": "1", "2": "1", "3": "3", "4": "4", "5": "6",
-                                         "6": "6"}
+    assert result.survivor.to_dict() == {"1": "1", "2": "1", "3": "3", "4": "4", "5": "6", "6": "6"}
     assert result.exact_merges == 1
     assert result.merged_ids == 2

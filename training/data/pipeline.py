@@ -24,6 +24,7 @@ from training.data.cleaning.customers import clean_customers
 from training.data.cleaning.events import stage_events, write_clean_events
 from training.data.cleaning.products import clean_products, list_prices
 from training.data.quality import QualityReport
+from training.data.quality_plot import plot_quality
 from training.data.raw import RawDataset
 from training.data.tables import write_table
 
@@ -79,7 +80,9 @@ def clean_dataset(
             total_rows=raw.count("events"),
         )
         reference_year = (
-            int(staged.first_event.max().year) if len(staged.first_event) else pd.Timestamp.now().year
+            int(staged.first_event.max().year)
+            if len(staged.first_event)
+            else pd.Timestamp.now().year
         )
         customers = clean_customers(
             raw.read("customers"),
@@ -103,6 +106,7 @@ def clean_dataset(
     report.meta["data_version"] = data_version
     report_path = settings.reports_dir / "data_quality.json"
     report.write(report_path)
+    plot_quality(report.as_dict(), settings.reports_dir / "data_quality.png")
     manifest = {
         "data_version": data_version,
         "cleaning_version": CLEANING_VERSION,
@@ -132,8 +136,9 @@ def _write_id_map(clean_dir: Path, id_map: pd.Series, secret: str) -> None:
             "customer_id": id_map.to_numpy(),
         }
     )
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
-                   clean_dir / "customer_id_map.parquet")
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), clean_dir / "customer_id_map.parquet"
+    )
 
 
 def _file_sha256(path: Path) -> str:

@@ -55,7 +55,9 @@ def clean_customers(
     frame = frame[~missing]
     repeated = frame.duplicated(subset=["customer_id"], keep="first")
     report.set_aside(
-        "customers", frame[repeated], "repeated_customer_id",
+        "customers",
+        frame[repeated],
+        "repeated_customer_id",
         "an earlier row with this customer_id was kept",
     )
     frame = frame[~repeated].reset_index(drop=True)
@@ -136,7 +138,9 @@ def clean_customers(
     table = pd.DataFrame(
         {
             "customer_id": clean_ids,
-            "signup_ts": pd.to_datetime(merged["signup_ts"], utc=True).astype("datetime64[ns, UTC]"),
+            "signup_ts": pd.to_datetime(merged["signup_ts"], utc=True).astype(
+                "datetime64[ns, UTC]"
+            ),
             "birth_year": merged["birth_year"].round().astype("Int64"),
             "gender": merged["gender"].astype(str),
             "country": merged["country"].astype(str),

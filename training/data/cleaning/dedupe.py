@@ -5,16 +5,16 @@
    first initial + birth year); each pair is scored 0-100 as
    ``0.30 * name + 0.35 * email + 0.20 * address + 0.15 * postcode`` (rapidfuzz
    similarities on normalised text, street-type abbreviations expanded). Name and email
-   alone are not enough: namesakes with numbered emails in other towns score ~75. Pairs at or above the threshold
-   merge unless both birth years are known and differ. Households (same surname and
-   address, different first name and email) score around 60-70 and stay apart.
+   alone are not enough: namesakes with numbered emails in other towns score ~75.
+   Pairs at or above the threshold merge unless both birth years are known and differ.
+   Households (same surname and address, different first name and email) score about
+   60-70 and stay apart.
 3. Merged records form connected components; each keeps the record that signed up
    first as its survivor, and every other raw id maps onto it.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -25,8 +25,18 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 NAME_WEIGHT, EMAIL_WEIGHT, ADDRESS_WEIGHT, POSTCODE_WEIGHT = 0.30, 0.35, 0.20, 0.15
-ADDRESS_WORDS = {"st": "street", "rd": "road", "ave": "avenue", "av": "avenue", "ln": "lane",
-                 "cl": "close", "wy": "way", "dr": "drive", "sq": "square", "pl": "place"}
+ADDRESS_WORDS = {
+    "st": "street",
+    "rd": "road",
+    "ave": "avenue",
+    "av": "avenue",
+    "ln": "lane",
+    "cl": "close",
+    "wy": "way",
+    "dr": "drive",
+    "sq": "square",
+    "pl": "place",
+}
 
 
 @dataclass
@@ -46,8 +56,10 @@ class DedupeResult:
 
 
 def _ascii_lower(values: pd.Series) -> pd.Series:
-    return values.fillna("").astype(str).map(
-        lambda t: unicodedata.normalize("NFKD", t).encode("ascii", "ignore").decode().lower()
+    return (
+        values.fillna("")
+        .astype(str)
+        .map(lambda t: unicodedata.normalize("NFKD", t).encode("ascii", "ignore").decode().lower())
     )
 
 
@@ -78,9 +90,7 @@ def _block_pairs(keys: pd.Series, max_block: int) -> tuple[np.ndarray, np.ndarra
     return pairs["pos_a"].to_numpy(), pairs["pos_b"].to_numpy(), skipped
 
 
-def find_duplicates(
-    customers: pd.DataFrame, *, threshold: float, max_block: int
-) -> DedupeResult:
+def find_duplicates(customers: pd.DataFrame, *, threshold: float, max_block: int) -> DedupeResult:
     """Group the records of one person.
 
     ``customers`` needs columns ``customer_id`` (unique raw ids), ``name``, ``email``,
@@ -119,14 +129,18 @@ def find_duplicates(
 
     local = email.str.split("@").str[0].to_numpy()
     scores = (
-        NAME_WEIGHT
-        * process.cpdist(name.to_numpy()[a], name.to_numpy()[b], scorer=fuzz.token_sort_ratio)
-        + EMAIL_WEIGHT * process.cpdist(local[a], local[b], scorer=fuzz.ratio)
-        + ADDRESS_WEIGHT
-        * process.cpdist(address.to_numpy()[a], address.to_numpy()[b], scorer=fuzz.ratio)
-        + POSTCODE_WEIGHT
-        * process.cpdist(postcode.to_numpy()[a], postcode.to_numpy()[b], scorer=fuzz.ratio)
-    ) if len(a) else np.zeros(0)
+        (
+            NAME_WEIGHT
+            * process.cpdist(name.to_numpy()[a], name.to_numpy()[b], scorer=fuzz.token_sort_ratio)
+            + EMAIL_WEIGHT * process.cpdist(local[a], local[b], scorer=fuzz.ratio)
+            + ADDRESS_WEIGHT
+            * process.cpdist(address.to_numpy()[a], address.to_numpy()[b], scorer=fuzz.ratio)
+            + POSTCODE_WEIGHT
+            * process.cpdist(postcode.to_numpy()[a], postcode.to_numpy()[b], scorer=fuzz.ratio)
+        )
+        if len(a)
+        else np.zeros(0)
+    )
     birth_conflict = ~np.isnan(birth[a]) & ~np.isnan(birth[b]) & (birth[a] != birth[b])
     fuzzy = (scores >= threshold) & ~birth_conflict
     fa, fb = a[fuzzy], b[fuzzy]

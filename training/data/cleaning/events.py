@@ -27,8 +27,19 @@ from training.data.cleaning.standardise import standardise_event_types
 from training.data.quality import QualityReport
 from training.data.tables import TableWriter
 
-STAGED_COLUMNS = ["event_id", "customer_id", "product_id", "ts", "type", "quantity", "price",
-                  "value", "session_id", "_source", "_row"]
+STAGED_COLUMNS = [
+    "event_id",
+    "customer_id",
+    "product_id",
+    "ts",
+    "type",
+    "quantity",
+    "price",
+    "value",
+    "session_id",
+    "_source",
+    "_row",
+]
 QUANTITY_TYPES = ("add_to_cart", "remove_from_cart", "purchase")
 # A price within 3x of list (either way) is a promotion or a surcharge, never an outlier.
 PRICE_RATIO_NEVER_OUTLIER = 3.0
@@ -194,12 +205,16 @@ def write_clean_events(
 
     quantity_fences = fit_fences(
         np.exp(np.concatenate(staged.log_quantities or [np.zeros(0)])),
-        iqr_k=settings.outlier_iqr_k, z_limit=settings.outlier_z, log_scale=True,
+        iqr_k=settings.outlier_iqr_k,
+        z_limit=settings.outlier_z,
+        log_scale=True,
         min_half_width=np.log(QUANTITY_RATIO_NEVER_OUTLIER),
     )
     price_fences = fit_fences(
         np.exp(np.concatenate(staged.log_price_ratios or [np.zeros(0)])),
-        iqr_k=settings.outlier_iqr_k, z_limit=settings.outlier_z, log_scale=True,
+        iqr_k=settings.outlier_iqr_k,
+        z_limit=settings.outlier_z,
+        log_scale=True,
         min_half_width=np.log(PRICE_RATIO_NEVER_OUTLIER),
     )
     offset = 0
@@ -214,21 +229,28 @@ def write_clean_events(
                 first = is_first[positions]
                 repeat = ~first & same_as_first[positions]
                 conflict = ~first & ~same_as_first[positions]
-                report.set_aside("events", chunk[repeat], "duplicate_event",
-                                 "exact repeat of an earlier row")
-                report.set_aside("events", chunk[conflict], "conflicting_event_id",
-                                 "an earlier row with this event_id but other values was kept")
+                report.set_aside(
+                    "events", chunk[repeat], "duplicate_event", "exact repeat of an earlier row"
+                )
+                report.set_aside(
+                    "events",
+                    chunk[conflict],
+                    "conflicting_event_id",
+                    "an earlier row with this event_id but other values was kept",
+                )
                 chunk = chunk[first]
                 clean_id = chunk["customer_id"].map(id_map)
                 unknown = clean_id.isna()
-                report.set_aside("events", chunk[unknown], "unknown_customer",
-                                 "no customer record with this id")
+                report.set_aside(
+                    "events", chunk[unknown], "unknown_customer", "no customer record with this id"
+                )
                 chunk = chunk[~unknown].assign(customer_id=clean_id[~unknown])
                 writer.write(_finish(chunk, list_price, quantity_fences, price_fences))
         rows = writer.rows
 
-    flagged = pd.read_parquet(clean_dir / "events.parquet",
-                              columns=["price_outlier", "quantity_outlier"]).sum()
+    flagged = pd.read_parquet(
+        clean_dir / "events.parquet", columns=["price_outlier", "quantity_outlier"]
+    ).sum()
     quality.outliers["quantity"] = {
         "method": "log quantity of cart and purchase events: outside IQR fences and beyond "
         "robust z",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from segrec.settings import Settings
@@ -34,7 +33,9 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
     frame = frame[~exact]
     conflicting = frame.duplicated(subset=["product_id"], keep="first")
     report.set_aside(
-        "products", frame[conflicting], "conflicting_product_id",
+        "products",
+        frame[conflicting],
+        "conflicting_product_id",
         "another row with this product_id came first and was kept",
     )
     frame = frame[~conflicting].reset_index(drop=True)
@@ -96,7 +97,9 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
     in_stock, unparseable = parse_booleans(frame["in_stock"])
     quality.fix("in_stock_unparseable_to_missing", int(unparseable.sum()))
     spelled = frame["in_stock"].astype("string").str.strip().str.lower()
-    quality.fix("in_stock_respelled", int((in_stock.notna() & ~spelled.isin(["true", "false"])).sum()))
+    quality.fix(
+        "in_stock_respelled", int((in_stock.notna() & ~spelled.isin(["true", "false"])).sum())
+    )
     frame["in_stock"] = in_stock.astype(object)
     quality.imputed["in_stock"] = impute(frame, "in_stock", "mode", trail)
     frame["in_stock"] = frame["in_stock"].astype(bool)
@@ -104,8 +107,18 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
     frame["imputed_columns"] = trail
     frame["price_outlier"] = frame["price_outlier"].astype(bool)
     out = frame[
-        ["product_id", "title", "description", "category", "brand", "price", "price_outlier",
-         "in_stock", "tags", "imputed_columns"]
+        [
+            "product_id",
+            "title",
+            "description",
+            "category",
+            "brand",
+            "price",
+            "price_outlier",
+            "in_stock",
+            "tags",
+            "imputed_columns",
+        ]
     ].reset_index(drop=True)
     quality.rows_out = len(out)
     return out
@@ -114,6 +127,3 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
 def list_prices(products: pd.DataFrame) -> pd.Series:
     """List price by product id, for judging event prices."""
     return pd.Series(products["price"].to_numpy(dtype=float), index=products["product_id"])
-
-
-

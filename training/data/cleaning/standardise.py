@@ -26,10 +26,21 @@ EVENT_TYPE_SYNONYMS = {
     "review": "rating",
 }
 GENDER_SYNONYMS = {
-    "f": "F", "female": "F", "woman": "F", "w": "F",
-    "m": "M", "male": "M", "man": "M",
-    "x": "X", "other": "X", "non-binary": "X", "nonbinary": "X", "diverse": "X",
-    "u": "U", "unknown": "U", "prefer not to say": "U",
+    "f": "F",
+    "female": "F",
+    "woman": "F",
+    "w": "F",
+    "m": "M",
+    "male": "M",
+    "man": "M",
+    "x": "X",
+    "other": "X",
+    "non-binary": "X",
+    "nonbinary": "X",
+    "diverse": "X",
+    "u": "U",
+    "unknown": "U",
+    "prefer not to say": "U",
 }
 STOPWORDS = frozenset({"and", "the", "of"})
 

@@ -24,9 +24,18 @@ N_BANDS = 3
 BRANDS_PER_CATEGORY = 8
 # Median list price per category, in the storefront's currency.
 CATEGORY_BASE_PRICE = {
-    "Electronics": 60.0, "Home & Kitchen": 30.0, "Groceries": 6.0, "Beauty": 15.0,
-    "Fashion": 35.0, "Sports & Outdoors": 40.0, "Toys & Games": 22.0, "Books": 14.0,
-    "Garden": 18.0, "Pet Supplies": 16.0, "Health": 20.0, "Office": 9.0,
+    "Electronics": 60.0,
+    "Home & Kitchen": 30.0,
+    "Groceries": 6.0,
+    "Beauty": 15.0,
+    "Fashion": 35.0,
+    "Sports & Outdoors": 40.0,
+    "Toys & Games": 22.0,
+    "Books": 14.0,
+    "Garden": 18.0,
+    "Pet Supplies": 16.0,
+    "Health": 20.0,
+    "Office": 9.0,
 }
 
 
@@ -53,7 +62,7 @@ class Catalogue:
 def _brand_names(rng: np.random.Generator) -> list[list[str]]:
     brands = []
     for _ in CATEGORIES:
-        names = set()
+        names: set[str] = set()
         while len(names) < BRANDS_PER_CATEGORY:
             parts = rng.choice(BRAND_SYLLABLES, size=rng.integers(2, 4))
             names.add("".join(parts).capitalize())

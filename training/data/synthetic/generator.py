@@ -22,6 +22,7 @@ from training.data.raw import RawDataset, RawTableWriter
 from training.data.synthetic import mess
 from training.data.synthetic.catalogue import (
     CATEGORIES,
+    Catalogue,
     GroupSampler,
     catalogue_truth,
     make_catalogue,
@@ -133,7 +134,9 @@ def generate(
             "household_of": np.where(pop.household_of >= 0, pop.raw_ids[pop.household_of], None),
         }
     )
-    pq.write_table(pa.Table.from_pandas(truth, preserve_index=False), out_dir / "ground_truth.parquet")
+    pq.write_table(
+        pa.Table.from_pandas(truth, preserve_index=False), out_dir / "ground_truth.parquet"
+    )
     pq.write_table(
         pa.Table.from_pandas(catalogue_truth(catalogue), preserve_index=False),
         out_dir / "ground_truth_products.parquet",
@@ -156,7 +159,7 @@ def generate(
     return summary
 
 
-def _raw_products(catalogue, rates: MessRates, rng: np.random.Generator) -> pd.DataFrame:
+def _raw_products(catalogue: Catalogue, rates: MessRates, rng: np.random.Generator) -> pd.DataFrame:
     n = catalogue.n
     price, _ = mess.inject_outliers(catalogue.price, rates.product_price_outlier, rng, 50, 200)
     price_text = np.array([f"{p:.2f}" for p in price], dtype=object)
@@ -197,8 +200,9 @@ def _raw_customers(pop: Population, rates: MessRates, rng: np.random.Generator) 
     return pd.DataFrame(
         {
             "customer_id": pop.raw_ids,
-            "signup_ts": mess.blank(mess.format_timestamps(signup_s, rng), rates.missing_signup,
-                                    rng),
+            "signup_ts": mess.blank(
+                mess.format_timestamps(signup_s, rng), rates.missing_signup, rng
+            ),
             "name": np.array(
                 [f"{f} {ln}" for f, ln in zip(pop.first_name, pop.last_name, strict=True)],
                 dtype=object,
@@ -206,8 +210,9 @@ def _raw_customers(pop: Population, rates: MessRates, rng: np.random.Generator) 
             "email": pop.email,
             "address": pop.address,
             "phone": pop.phone,
-            "city": mess.blank(np.array([CITIES[c][1] for c in pop.city], dtype=object),
-                               rates.missing_city, rng),
+            "city": mess.blank(
+                np.array([CITIES[c][1] for c in pop.city], dtype=object), rates.missing_city, rng
+            ),
             "postcode": pop.postcode,
             "country": np.array([CITIES[c][0] for c in pop.city], dtype=object),
             "birth_year": mess.blank(pop.birth_year.astype(str), rates.missing_birth_year, rng),
@@ -224,14 +229,15 @@ def _raw_customers(pop: Population, rates: MessRates, rng: np.random.Generator) 
 def _raw_events(
     events: pd.DataFrame,
     pop: Population,
-    catalogue,
+    catalogue: Catalogue,
     rates: MessRates,
     rng: np.random.Generator,
     rows_before: int,
 ) -> pd.DataFrame:
     n = len(events)
-    price, _ = mess.inject_outliers(events["price"].to_numpy(), rates.event_price_outlier, rng,
-                                    30, 150)
+    price, _ = mess.inject_outliers(
+        events["price"].to_numpy(), rates.event_price_outlier, rng, 30, 150
+    )
     quantity = events["quantity"].to_numpy().astype(np.int64)
     bulk = (rng.random(n) < rates.quantity_outlier) & (events["type"] == "purchase").to_numpy()
     quantity[bulk] = rng.integers(200, 1000, bulk.sum())
@@ -265,9 +271,9 @@ def _raw_events(
             "quantity": quantity_text,
             "price": text(price, "{:.2f}"),
             "value": text(value, "{:g}"),
-            "session_id": np.where(
-                session > 0, np.char.add("S", np.char.zfill(session.astype(str), 9)), None
-            ),
+            "session_id": pd.Series(
+                np.char.add("S", np.char.zfill(session.astype(str), 9)), dtype=object
+            ).where(session > 0, None),
             "_source": "events.parquet",
         }
     ).astype({"event_id": object})

@@ -25,8 +25,11 @@ TYPE_SPELLINGS = {
 }
 TRUE_SPELLINGS = np.array(["true", "yes", "Y", "1", "TRUE"])
 FALSE_SPELLINGS = np.array(["false", "no", "N", "0", "FALSE"])
-GENDER_SPELLINGS = {"F": ("F", "f", "female", "Female"), "M": ("M", "m", "male", "Male"),
-                    "X": ("X", "other", "non-binary")}
+GENDER_SPELLINGS = {
+    "F": ("F", "f", "female", "Female"),
+    "M": ("M", "m", "male", "Male"),
+    "X": ("X", "other", "non-binary"),
+}
 
 
 def format_timestamps(seconds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +43,12 @@ def format_timestamps(seconds: np.ndarray, rng: np.random.Generator) -> np.ndarr
     out[kind == 2] = seconds[kind == 2].astype(np.int64).astype(str).astype(object)
     dayfirst = s[kind == 3]
     out[kind == 3] = (
-        dayfirst.str[8:10] + "/" + dayfirst.str[5:7] + "/" + dayfirst.str[0:4] + " "
+        dayfirst.str[8:10]
+        + "/"
+        + dayfirst.str[5:7]
+        + "/"
+        + dayfirst.str[0:4]
+        + " "
         + dayfirst.str[11:19]
     ).to_numpy()
     # The same instant written in Central European time with its offset.

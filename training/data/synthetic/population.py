@@ -100,9 +100,9 @@ def make_population(
     signup = end - days_before_end * DAY - rng.integers(0, 86400, n).astype("timedelta64[s]")
     active_start = np.maximum(signup, start)
     lapsed = np.array([p.lapsed for p in PERSONAS])[persona]
-    active_end = np.where(
-        lapsed, end - rng.integers(180, 360, n) * DAY, np.full(n, end)
-    ).astype("datetime64[s]")
+    active_end = np.where(lapsed, end - rng.integers(180, 360, n) * DAY, np.full(n, end)).astype(
+        "datetime64[s]"
+    )
     active_end = np.maximum(active_end, active_start + DAY)
     activity = rng.lognormal(0.0, 0.5, n)
 
@@ -156,7 +156,8 @@ def make_population(
     address = np.array(
         [f"{h} {s} {x}" for h, s, x in zip(house, street, suffix, strict=True)], dtype=object
     )
-    email_number = rng.integers(1, 999, n)
+    # Unique per person, as real addresses are: shared emails would be merged as one person.
+    email_number = rng.permutation(n) + 1
     domain = rng.choice(np.array(EMAIL_DOMAINS), n)
     email = np.array(
         [
@@ -220,8 +221,8 @@ def _add_duplicates(pop: Population, rng: np.random.Generator, end: np.datetime6
         elif change[2] < 0.75:
             email[j] = email[j].upper()  # the same key once normalised
         if change[3] < 0.5:
-            number, street, suffix = address[j].split(" ", 1)[0], *address[j].rsplit(" ", 1)
-            street = street.split(" ", 1)[1]
+            number, rest = str(address[j]).split(" ", 1)
+            street, suffix = rest.rsplit(" ", 1)
             address[j] = f"{number} {street} {STREET_ABBREVIATIONS.get(suffix, suffix)}"
     lag = rng.integers(1, 200, k) * DAY
     signup = np.minimum(pop.signup[originals] + lag, end - DAY)
@@ -234,7 +235,11 @@ def _add_duplicates(pop: Population, rng: np.random.Generator, end: np.datetime6
         persona=extend(pop.persona, pop.persona[originals]),
         signup=extend(pop.signup, signup.astype("datetime64[s]")),
         active_start=extend(pop.active_start, np.maximum(signup, pop.active_start[originals])),
-        active_end=extend(pop.active_end, pop.active_end[originals]),
+        active_end=extend(
+            pop.active_end,
+            np.maximum(pop.active_end[originals], np.maximum(signup, pop.active_start[originals]))
+            + DAY,
+        ),
         activity=extend(pop.activity, pop.activity[originals]),
         category_cdf=np.concatenate([pop.category_cdf, pop.category_cdf[originals]]),
         staples=np.concatenate([pop.staples, pop.staples[originals]]),

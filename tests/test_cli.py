@@ -1,0 +1,89 @@
+"""The command line as a user runs it: a real process, real files, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SEGREC = [sys.executable, "-m", "segrec.cli"]
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        SEGREC + args,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "120", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.integration
+def test_data_command_generates_cleans_and_reports(tmp_path: Path) -> None:
+    result = run(["data", "--size", "tiny", "--seed", "7"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for path in (
+        "data/clean/customers.parquet",
+        "data/clean/products.parquet",
+        "data/clean/events.parquet",
+        "data/clean/manifest.json",
+        "reports/data_quality.json",
+        "data/raw/synthetic/ground_truth.parquet",
+    ):
+        assert (tmp_path / path).exists(), path
+    assert "Data quality" in result.stdout and "duplicate_customer_merged" in result.stdout
+    assert "reports/data_quality.json" in result.stdout
+    report = json.loads((tmp_path / "reports/data_quality.json").read_text())
+    assert report["source"]["seed"] == 7
+    assert report["pseudonymisation_secret"].startswith("development default")
+
+
+@pytest.mark.integration
+def test_settings_come_from_the_environment(tmp_path: Path) -> None:
+    result = run(
+        ["data"],
+        tmp_path,
+        SEGREC_SIZE="tiny",
+        SEGREC_DATA_DIR="elsewhere",
+        SEGREC_PSEUDONYMISATION_SECRET="s3cret",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "elsewhere/clean/events.parquet").exists()
+    report = json.loads((tmp_path / "reports/data_quality.json").read_text())
+    assert report["pseudonymisation_secret"] == "configured"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["data", "--input", "nowhere.csv", "--format", "online-retail"],
+            "input nowhere.csv does not exist",
+        ),
+        (["data", "--format", "movielens"], "--format movielens needs --input PATH"),
+        (["data", "--input", "."], "--input needs --format canonical, online-retail or movielens"),
+        (["data", "--size", "huge"], "Invalid value for '--size'"),
+    ],
+)
+def test_bad_arguments_get_a_clear_error_not_a_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run(args, tmp_path)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_command_documents_every_variable(tmp_path: Path) -> None:
+    result = run(["settings"], tmp_path)
+    assert result.returncode == 0
+    for variable in ("SEGREC_DATA_DIR", "SEGREC_SEED", "SEGREC_PSEUDONYMISATION_SECRET"):
+        assert variable in result.stdout
+    assert "segrec-development-secret" not in result.stdout
