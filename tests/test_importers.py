@@ -37,7 +37,7 @@ def _run(
         fmt, source, tmp_path / "raw", report, settings or Settings(), column_map
     )
     report.close()
-    return dataset, report, read_set_aside(tmp_path / "set_aside", "events")
+    return dataset, report, read_set_aside(tmp_path / "set_aside", "import.events")
 
 
 # --- mixed encodings -------------------------------------------------------------------
@@ -92,7 +92,7 @@ EXPECTED_KEPT = [1, 2, 3, 4, 16, 18, 19, 20, 21, 22, 24, 25, 26, 30, 31]
 def test_online_retail_sets_aside_each_mess_with_its_reason_and_row(tmp_path: Path) -> None:
     dataset, report, aside = _run(tmp_path, "online-retail", ONLINE_RETAIL)
     events = dataset.read("events")
-    quality = report.table("events")
+    quality = report.table("import.events")
 
     assert dict(quality.set_aside) == {k: len(v) for k, v in EXPECTED_ASIDE.items()}
     for reason, rows in EXPECTED_ASIDE.items():
@@ -115,7 +115,7 @@ def test_online_retail_sets_aside_each_mess_with_its_reason_and_row(tmp_path: Pa
 def test_online_retail_fixes_ids_encodings_and_builds_events(tmp_path: Path) -> None:
     dataset, report, aside = _run(tmp_path, "online-retail", ONLINE_RETAIL)
     events = dataset.read("events").set_index("_row")
-    quality = report.table("events")
+    quality = report.table("import.events")
 
     assert dict(quality.fixes) == {
         "encoding_fallback_cp1252": 3,
@@ -151,7 +151,10 @@ def test_online_retail_customers_and_products(tmp_path: Path) -> None:
     assert customers["signup_ts"].isna().all()
     assert set(customers["consent_personalisation"]) == {"true"}
     assert set(customers["consent_marketing"]) == {"false"}
-    assert report.table("customers").notes["consent_assumed"] == {"value": "true", "customers": 5}
+    assert report.table("import.customers").notes["consent_assumed"] == {
+        "value": "true",
+        "customers": 5,
+    }
     assert customers.loc["13047", "_row"] == 16
 
     assert products.index.tolist() == [
@@ -186,7 +189,7 @@ def test_online_retail_ii_column_names(tmp_path: Path) -> None:
     source.write_bytes(header + ONLINE_RETAIL.read_bytes()[len(OR_HEADER) :])
     dataset, report, _ = _run(tmp_path, "online-retail", source)
     assert dataset.count("events") == len(EXPECTED_KEPT)
-    assert sum(report.table("events").set_aside.values()) == 17
+    assert sum(report.table("import.events").set_aside.values()) == 17
 
 
 def test_online_retail_duplicates_are_found_across_chunks(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_online_retail_duplicates_are_found_across_chunks(tmp_path: Path) -> Non
     source.write_text(OR_HEADER + "\n" + "\n".join(lines) + "\n")
 
     dataset, report, aside = _run(tmp_path, "online-retail", source, Settings(chunk_rows=1000))
-    assert dict(report.table("events").set_aside) == {"duplicate_line": 2}
+    assert dict(report.table("import.events").set_aside) == {"duplicate_line": 2}
     assert sorted(aside["row"]) == [1200, 1300]
     assert dataset.count("events") == 1498
     assert dataset.read("events")["_row"].iloc[-1] == 1500
@@ -255,7 +258,7 @@ def test_movielens_100k(tmp_path: Path) -> None:
     )
     assert products.loc["4", "category"] == "unknown"
     assert products["price"].isna().all()
-    assert report.table("products").fixes["encoding_fallback_cp1252"] == 1
+    assert report.table("import.products").fixes["encoding_fallback_cp1252"] == 1
 
     # birth year = year of the user's latest rating - age
     assert customers.loc["1", "birth_year"] == "1973"  # 1997 - 24
@@ -264,7 +267,7 @@ def test_movielens_100k(tmp_path: Path) -> None:
     demographics = ["gender", "occupation", "postcode", "country"]
     assert list(customers.loc["2", demographics]) == ["F", "other", "94043", "US"]
     assert customers.loc["4", "birth_year"] is None  # rated, but not in u.user
-    assert report.table("customers").notes["raters_without_demographics"] == 1
+    assert report.table("import.customers").notes["raters_without_demographics"] == 1
     assert dataset.meta()["layout"] == "ml-100k"
 
 
@@ -288,7 +291,10 @@ def test_movielens_latest(tmp_path: Path) -> None:
     assert customers["customer_id"].tolist() == ["1", "2", "3"]
     assert customers["_row"].tolist() == [1, 3, 5]
     assert customers["birth_year"].isna().all()
-    assert report.table("customers").notes["consent_assumed"] == {"value": "true", "customers": 3}
+    assert report.table("import.customers").notes["consent_assumed"] == {
+        "value": "true",
+        "customers": 3,
+    }
     assert dataset.meta()["layout"] == "ml-latest"
 
 
@@ -319,7 +325,7 @@ def test_canonical_with_mapped_columns_derives_customers_and_products(tmp_path: 
     assert events["customer_id"].tolist() == ["17850", "17850", "13047", "13047", "12583"]
     assert events["ts"].iloc[2] == "01/03/2024 11:00"
     assert events["quantity"].tolist() == ["1", "2", "1", "1", None]
-    quality = report.table("events")
+    quality = report.table("import.events")
     assert quality.notes["ignored_columns"] == ["device"]
     assert dict(quality.fixes) == {"event_id_generated": 5, "float_id_normalised": 2}
 
@@ -328,7 +334,7 @@ def test_canonical_with_mapped_columns_derives_customers_and_products(tmp_path: 
     assert customers["_row"].tolist() == [1, 3, 5]
     assert customers["signup_ts"].isna().all()
     assert set(customers["consent_personalisation"]) == {"false"}
-    assert report.table("customers").notes["consent_assumed"] == {
+    assert report.table("import.customers").notes["consent_assumed"] == {
         "value": "false",
         "customers": 3,
     }
@@ -369,8 +375,8 @@ def test_canonical_full_directory(tmp_path: Path, events_format: str) -> None:
     assert customers.loc["c2", "name"] == "Brown, Bob"
     assert customers["consent_personalisation"].tolist() == ["yes", "no", None]
     assert set(customers["consent_marketing"]) == {"false"}
-    assert "consent_assumed" not in report.table("customers").notes
-    assert report.table("customers").notes["ignored_columns"] == ["loyalty_tier"]
+    assert "consent_assumed" not in report.table("import.customers").notes
+    assert report.table("import.customers").notes["ignored_columns"] == ["loyalty_tier"]
 
     products = dataset.read("products").set_index("product_id")
     assert products.loc["p1", "title"] == "Mug, blue"
@@ -401,8 +407,8 @@ def test_canonical_parquet_values_become_source_text(tmp_path: Path) -> None:
         "events.parquet:2",
         "events.parquet:3",
     ]
-    assert report.table("events").fixes["float_id_normalised"] == 2
-    assert report.table("events").notes["ignored_columns"] == ["notes"]
+    assert report.table("import.events").fixes["float_id_normalised"] == 2
+    assert report.table("import.events").notes["ignored_columns"] == ["notes"]
     assert dataset.read("customers")["customer_id"].tolist() == ["17850", "13047"]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,12 +74,23 @@ class QualityReport:
         self.meta: dict[str, Any] = {}
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._started = time.perf_counter()
+        self._stage = ""
         set_aside_dir.mkdir(parents=True, exist_ok=True)
         for stale in set_aside_dir.glob("*.parquet"):
             stale.unlink()
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Within this block, table ``t`` is recorded as ``<name>.t`` (e.g. ``import.events``)
+        so each stage's rows in = rows out + rows set aside on its own."""
+        previous, self._stage = self._stage, f"{name}."
+        try:
+            yield
+        finally:
+            self._stage = previous
+
     def table(self, name: str) -> TableQuality:
-        return self.tables.setdefault(name, TableQuality())
+        return self.tables.setdefault(self._stage + name, TableQuality())
 
     def set_aside(
         self, table: str, rows: pd.DataFrame, reason: str, detail: str | pd.Series | None = None
@@ -89,6 +102,7 @@ class QualityReport:
         if rows.empty:
             return
         self.table(table).set_aside[reason] += len(rows)
+        table = self._stage + table
         values = rows.drop(columns=["_source", "_row"], errors="ignore").copy()
         if "customer_id" in values:
             # Link set-aside rows to the clean pseudonym without storing the raw id.

@@ -124,8 +124,10 @@ def clean_customers(
     quality.imputed["birth_year"] = impute(merged, "birth_year", "median", trail, by="country")
     quality.imputed["gender"] = impute(merged, "gender", "constant", trail, constant="U")
     quality.imputed["gender"]["why"] = "U (unknown): a mode would invent genders"
-    quality.imputed["country"] = impute(merged, "country", "mode", trail)
-    quality.imputed["city"] = impute(merged, "city", "mode", trail, by="country")
+    quality.imputed["country"] = impute(merged, "country", "mode", trail, fallback="unknown")
+    quality.imputed["city"] = impute(
+        merged, "city", "mode", trail, by="country", fallback="unknown"
+    )
     quality.imputed["occupation"] = impute(
         merged, "occupation", "constant", trail, constant="unknown"
     )

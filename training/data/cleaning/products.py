@@ -101,7 +101,7 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
         "in_stock_respelled", int((in_stock.notna() & ~spelled.isin(["true", "false"])).sum())
     )
     frame["in_stock"] = in_stock.astype(object)
-    quality.imputed["in_stock"] = impute(frame, "in_stock", "mode", trail)
+    quality.imputed["in_stock"] = impute(frame, "in_stock", "mode", trail, fallback=True)
     frame["in_stock"] = frame["in_stock"].astype(bool)
 
     frame["imputed_columns"] = trail

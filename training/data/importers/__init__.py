@@ -58,7 +58,8 @@ def import_export(
     out_dir
         Directory the raw dataset is written to.
     report
-        Receives fix counts, notes and set-aside rows.
+        Receives fix counts, notes and set-aside rows, under tables named
+        ``import.<table>`` so the import and cleaning stages each balance on their own.
     settings
         ``chunk_rows``, ``import_consent`` and ``dayfirst`` are used.
     column_map
@@ -74,4 +75,11 @@ def import_export(
         raise ImportFormatError(f"unknown import format {fmt!r}; choose one of {list(IMPORTERS)}")
     if not input_path.exists():
         raise ImportFormatError(f"{input_path}: no such file or directory")
-    return importer(input_path, out_dir, report, settings, column_map)
+    with report.stage("import"):
+        raw = importer(input_path, out_dir, report, settings, column_map)
+        # Every source row was either passed on to cleaning or set aside here.
+        for table in ("customers", "products", "events"):
+            quality = report.table(table)
+            quality.rows_out = raw.count(table)
+            quality.rows_in = quality.rows_out + sum(quality.set_aside.values())
+    return raw
