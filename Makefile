@@ -23,7 +23,9 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(INPUT),--input $(INPUT) --format $(or $(FORMAT),canonical)) \
 	$(foreach m,$(MAP),--map $(m))
 
-.PHONY: help setup demo test data lint typecheck clean
+BENCH_SIZES ?= small,medium
+
+.PHONY: help setup demo test data bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +47,9 @@ demo: setup ## Run the main job end to end on the embedded defaults (synthetic d
 
 data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then clean it
 	$(SEGREC) data $(DATA_ARGS)
+
+bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
+	$(SEGREC) bench --sizes $(BENCH_SIZES)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

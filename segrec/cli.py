@@ -166,6 +166,37 @@ def demo() -> None:
     run_data(settings, None, InputFormat.synthetic, {})
 
 
+@app.command()
+def bench(
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated synthetic sizes to measure, e.g. small,large.")
+    ] = "small,medium",
+    keep: Annotated[bool, typer.Option(help="Keep the generated benchmark data.")] = False,
+) -> None:
+    """Measure generation, import and cleaning throughput and peak memory per size.
+
+    Writes reports/bench/data.json and reports/bench/data.png. Never part of make test.
+    """
+    import shutil
+
+    from training.data.benchmark import run_benchmark
+
+    settings = get_settings()
+    chosen = [s.strip() for s in sizes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in Size.__members__]
+    if unknown or not chosen:
+        _fail(f"--sizes takes sizes from {', '.join(Size.__members__)}; got {sizes!r}")
+    workdir = settings.data_dir / "bench"
+    try:
+        run_benchmark(chosen, settings.seed, workdir, settings.reports_dir)
+    except RuntimeError as error:
+        _fail(str(error))
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    console.print(f"Benchmark -> {settings.reports_dir / 'bench' / 'data.json'} and data.png")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print every setting, its environment variable, current value and meaning."""

@@ -145,10 +145,12 @@ def stage_events(
         details[unknown_product & reasons.isna()] = chunk["product_id"][unknown_product]
         _first_reason(reasons, unknown_product, "unknown_product")
 
-        no_id = clean_text(chunk["event_id"]).isna()
-        chunk["event_id"] = clean_text(chunk["event_id"]).where(
-            ~no_id, chunk["_source"].astype(str) + ":" + chunk["_row"].astype(str)
-        )
+        chunk["event_id"] = clean_text(chunk["event_id"])
+        no_id = chunk["event_id"].isna()
+        if no_id.any():
+            chunk.loc[no_id, "event_id"] = (
+                chunk.loc[no_id, "_source"].astype(str) + ":" + chunk.loc[no_id, "_row"].astype(str)
+            )
         quality.fix("event_id_generated_from_source_row", int((no_id & reasons.isna()).sum()))
         chunk["session_id"] = clean_text(chunk["session_id"])
 

@@ -6,6 +6,8 @@ row is set aside, and count it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -14,19 +16,38 @@ TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "granted", "opt-in", "on"}
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "denied", "opt-out", "off"})
 
 
+def _arrow_text(values: pd.Series) -> pd.Series:
+    """Stripped Arrow-backed strings, empty as missing: Arrow's string kernels run in C++,
+    ten times faster than pandas' per-element Python string methods."""
+    text = values.astype("string[pyarrow]").str.strip()
+    return text.mask(text == "")
+
+
+def _to_object(text: pd.Series) -> pd.Series:
+    return text.astype(object).where(text.notna(), None)
+
+
 def clean_text(values: pd.Series) -> pd.Series:
     """Strip whitespace; empty strings become missing."""
-    text = values.astype("string").str.strip()
-    text = text.mask(text == "")
-    return text.astype(object).where(text.notna(), None)
+    return _to_object(_arrow_text(values))
 
 
 def normalise_ids(values: pd.Series) -> tuple[pd.Series, int]:
     """Strip ids and undo float round-trips (``17850.0`` -> ``17850``); returns fixes made."""
-    ids = clean_text(values)
-    is_float = ids.str.match(FLOAT_ID, na=False)
+    ids = _arrow_text(values)
+    is_float = ids.str.match(FLOAT_ID).fillna(False).astype(bool)
+    if not is_float.any():
+        return _to_object(ids), 0
     fixed = ids.where(~is_float, ids.str.replace(r"\.0+$", "", regex=True))
-    return fixed, int(is_float.sum())
+    return _to_object(fixed), int(is_float.sum())
+
+
+def map_distinct(values: pd.Series, function: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """Apply a vectorised string ``function`` to each distinct value once, then map back:
+    event types, genders and yes/no columns have a handful of spellings in millions of rows."""
+    distinct = pd.Series(values.dropna().unique())
+    mapping = dict(zip(distinct, function(distinct), strict=True))
+    return values.map(mapping)
 
 
 def parse_timestamps(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, pd.Series]:
@@ -70,6 +91,12 @@ def parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     Returns (floats, unparseable mask); missing values are not unparseable.
     """
     text = clean_text(values)
+    # Most values are plain numbers: parse them in C, and only clean up the rest.
+    numbers = pd.to_numeric(text, errors="coerce")
+    odd = text.notna() & numbers.isna()
+    if not odd.any():
+        return numbers.astype(float), odd
+    text = text[odd]
     stripped = text.str.replace(r"[£$€\s]", "", regex=True)
     # "1.234,50" and "12,50" use a decimal comma; "1,234.50" uses a thousands comma.
     decimal_comma = stripped.str.fullmatch(r"-?[\d.]*,\d{1,2}", na=False)
@@ -77,13 +104,15 @@ def parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         ~decimal_comma, stripped.str.replace(".", "", regex=False).str.replace(",", ".")
     )
     stripped = stripped.str.replace(",", "", regex=False)
-    numbers = pd.to_numeric(stripped, errors="coerce")
-    return numbers.astype(float), text.notna() & numbers.isna()
+    repaired = pd.to_numeric(stripped, errors="coerce")
+    numbers = numbers.astype(float)
+    numbers[odd] = repaired.astype(float)
+    return numbers, odd & numbers.isna()
 
 
 def parse_booleans(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parse yes/no spellings; returns (nullable booleans, unparseable mask)."""
-    text = clean_text(values).str.lower()
+    text = map_distinct(clean_text(values), lambda s: s.str.lower())
     out = pd.Series(pd.NA, index=values.index, dtype="boolean")
     out[text.isin(TRUE_WORDS)] = True
     out[text.isin(FALSE_WORDS)] = False

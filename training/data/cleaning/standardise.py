@@ -7,6 +7,8 @@ import unicodedata
 
 import pandas as pd
 
+from training.data.cleaning.parse import map_distinct
+
 EVENT_TYPE_SYNONYMS = {
     "view": "view",
     "page_view": "view",
@@ -76,6 +78,10 @@ def standardise_categories(values: pd.Series) -> tuple[pd.Series, dict[str, str]
 
 def standardise_event_types(values: pd.Series) -> pd.Series:
     """Canonical event type names; unknown types come back missing."""
+    return map_distinct(values, _event_type).astype(object)
+
+
+def _event_type(values: pd.Series) -> pd.Series:
     text = values.astype("string").str.strip()
     # Split camelCase ("AddToCart") before lowercasing so it reads like add_to_cart.
     text = text.str.replace(r"(?<=[a-z])(?=[A-Z])", "_", regex=True).str.lower()
@@ -85,5 +91,6 @@ def standardise_event_types(values: pd.Series) -> pd.Series:
 
 def standardise_genders(values: pd.Series) -> pd.Series:
     """F, M, X or missing."""
-    text = values.astype("string").str.strip().str.lower()
-    return text.map(GENDER_SYNONYMS).astype(object)
+    return map_distinct(
+        values, lambda v: v.astype("string").str.strip().str.lower().map(GENDER_SYNONYMS)
+    ).astype(object)
