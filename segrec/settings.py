@@ -63,6 +63,30 @@ class Settings(BaseSettings):
         500_000, ge=1000, description="Rows per chunk when streaming events and imports."
     )
 
+    feature_snapshots: int = Field(
+        6, ge=1, description="How many as-of snapshots of features to compute for training."
+    )
+    feature_snapshot_days: int = Field(
+        30, ge=1, description="Days between feature snapshots (the newest is at the data end)."
+    )
+    feast_repo: Path = Field(
+        Path("feature_repo"), description="The Feast feature repository (definitions + yaml)."
+    )
+    online_store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Feast online store: sqlite (embedded default) or redis."
+    )
+    redis_url: str = Field(
+        "127.0.0.1:6379", description="Redis connection string when online_store=redis."
+    )
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_dir / "feast"
+
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
