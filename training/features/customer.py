@@ -13,7 +13,6 @@ import pandas as pd
 
 from training.features.inputs import PRICE_BANDS, FeatureInputs
 
-DAY = pd.Timedelta(days=1)
 ENGAGEMENT_WINDOW = pd.Timedelta(days=90)
 DISCOUNT_THRESHOLD = 0.95  # paid under 95% of list price counts as bought on discount
 INTERACTION_WEIGHTS = {
@@ -32,10 +31,15 @@ def events_before(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
     return inputs.events.iloc[:stop]
 
 
+def _days(deltas: pd.Series) -> pd.Series:
+    return deltas.dt.total_seconds() / 86400
+
+
 def _quantile_score(values: pd.Series, higher_is_better: bool = True) -> pd.Series:
     """1..5 by quintile of rank (ties share a rank); missing stays 0."""
     ranks = values.rank(pct=True, method="average", ascending=higher_is_better)
-    return np.ceil(ranks * RFM_BINS).clip(1, RFM_BINS).fillna(0).astype(np.int64)
+    scores = (ranks * RFM_BINS).apply(np.ceil).clip(1, RFM_BINS)
+    return scores.fillna(0).astype(np.int64)
 
 
 def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -60,7 +64,7 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
     )
     by_customer = orders.groupby("cid")
     last_purchase = by_customer["ts"].max()
-    out["recency_days"] = ((as_of - last_purchase) / DAY).reindex(ids)
+    out["recency_days"] = _days(as_of - last_purchase).reindex(ids)
     out["frequency"] = by_customer.size().reindex(ids).fillna(0).astype(np.int64)
     out["monetary_total"] = by_customer["value"].sum().reindex(ids).fillna(0.0)
     out["avg_order_value"] = (out["monetary_total"] / out["frequency"]).where(out["frequency"] > 0)
@@ -86,19 +90,21 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
         pd.DataFrame({"cid": cust, "category": ev["category"].astype(object), "w": weight})
         .groupby(["cid", "category"])["w"]
         .sum()
-        .unstack(fill_value=0.0)
+        .unstack(fill_value=0)
         .reindex(index=ids, columns=categories, fill_value=0.0)
     )
     totals = taste.sum(axis=1)
     shares = taste.div(totals.where(totals > 0), axis=0)
-    out["category_shares"] = list(shares.fillna(0.0).to_numpy(dtype=np.float32))
+    out["category_shares"] = pd.Series(
+        list(shares.fillna(0.0).to_numpy(dtype=np.float32)), index=out.index
+    )
     out["top_category"] = shares.fillna(0.0).idxmax(axis=1).where(totals > 0, "none")
 
     bands = (
         pd.DataFrame({"cid": cust, "band": ev["price_band"].astype(object), "w": weight})
         .groupby(["cid", "band"])["w"]
         .sum()
-        .unstack(fill_value=0.0)
+        .unstack(fill_value=0)
         .reindex(index=ids, columns=list(PRICE_BANDS), fill_value=0.0)
     )
     band_totals = bands.sum(axis=1)
@@ -168,8 +174,8 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
     out["ratings"] = rating_stats["size"].reindex(ids).fillna(0).astype(np.int64)
     out["mean_rating"] = rating_stats["mean"].reindex(ids)
 
-    out["days_since_last_event"] = ((as_of - ev.groupby(cust)["ts"].max()) / DAY).reindex(ids)
-    out["tenure_days"] = (as_of - customers["signup_ts"]) / DAY
+    out["days_since_last_event"] = _days(as_of - ev.groupby(cust)["ts"].max()).reindex(ids)
+    out["tenure_days"] = _days(as_of - customers["signup_ts"])
     out["age"] = (as_of.year - customers["birth_year"]).astype("float64")
     for column in ("gender", "country", "city", "consent_personalisation"):
         out[column] = customers[column]
