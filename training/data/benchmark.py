@@ -20,17 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from segrec.settings import Settings
+from training.data.importers.online_retail import SOURCE_COLUMNS
 
-INVOICE_COLUMNS = [
-    "InvoiceNo",
-    "StockCode",
-    "Description",
-    "Quantity",
-    "InvoiceDate",
-    "UnitPrice",
-    "CustomerID",
-    "Country",
-]
 PURCHASE_SPELLINGS = ("purchase", "Purchase", "PURCHASE", "order")
 
 
@@ -56,7 +47,7 @@ def stage_export_invoices(raw_dir: Path, csv_path: Path) -> dict[str, Any]:
     parquet = pq.ParquetFile(raw_dir / "events.parquet")
     lines = 0
     with csv_path.open("w", encoding="utf-8", newline="") as handle:
-        handle.write(",".join(INVOICE_COLUMNS) + "\n")
+        handle.write(",".join(SOURCE_COLUMNS) + "\n")
         for batch in parquet.iter_batches(batch_size=1_000_000):
             events = batch.to_pandas()
             bought = events[events["type"].isin(PURCHASE_SPELLINGS) & events["price"].notna()]

@@ -13,18 +13,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from training.data.raw import RAW_COLUMNS
 from training.data.tables import read_table
 
-EVENT_COLUMNS = [
-    "customer_id",
-    "product_id",
-    "ts",
-    "type",
-    "quantity",
-    "price",
-    "value",
-    "session_id",
-]
+EVENT_COLUMNS = [c for c in RAW_COLUMNS["events"] if c != "event_id"]
 PRICE_BANDS = ("low", "mid", "high")
 
 

@@ -25,21 +25,10 @@ from training.data.cleaning.outliers import OutlierFences, fit_fences, flag_outl
 from training.data.cleaning.parse import clean_text, normalise_ids, parse_numbers, parse_timestamps
 from training.data.cleaning.standardise import standardise_event_types
 from training.data.quality import QualityReport
+from training.data.raw import PROVENANCE_COLUMNS, RAW_COLUMNS
 from training.data.tables import TableWriter
 
-STAGED_COLUMNS = [
-    "event_id",
-    "customer_id",
-    "product_id",
-    "ts",
-    "type",
-    "quantity",
-    "price",
-    "value",
-    "session_id",
-    "_source",
-    "_row",
-]
+STAGED_COLUMNS = [*RAW_COLUMNS["events"], *PROVENANCE_COLUMNS]
 QUANTITY_TYPES = ("add_to_cart", "remove_from_cart", "purchase")
 # A price within 3x of list (either way) is a promotion or a surcharge, never an outlier.
 PRICE_RATIO_NEVER_OUTLIER = 3.0
