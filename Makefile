@@ -10,7 +10,7 @@ UV_VERSION  := 0.13.8
 UV          := $(PYTHON) -m uv
 SEGREC      := $(VENV)/bin/segrec
 # Debian packages the tests and demo need; `make setup` installs the missing ones.
-APT_PACKAGES :=
+APT_PACKAGES := redis-server
 
 SIZE   ?=
 SEED   ?=
@@ -25,7 +25,7 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 
-.PHONY: help setup demo test data bench lint typecheck clean
+.PHONY: help setup demo test data features bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ demo: setup ## Run the main job end to end on the embedded defaults (synthetic d
 
 data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then clean it
 	$(SEGREC) data $(DATA_ARGS)
+
+features: setup ## Compute features, feast apply, materialise to the online store (SQLite or Redis)
+	$(SEGREC) features
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)

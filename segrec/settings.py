@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "segrec-development-secret-change-me"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SizeName = Literal["tiny", "small", "medium", "large"]
 
@@ -70,13 +71,25 @@ class Settings(BaseSettings):
         30, ge=1, description="Days between feature snapshots (the newest is at the data end)."
     )
     feast_repo: Path = Field(
-        Path("feature_repo"), description="The Feast feature repository (definitions + yaml)."
+        PROJECT_ROOT / "feature_repo",
+        description="The Feast feature repository (definitions + yaml); default: the "
+        "project's feature_repo/.",
     )
     online_store: Literal["sqlite", "redis"] = Field(
         "sqlite", description="Feast online store: sqlite (embedded default) or redis."
     )
     redis_url: str = Field(
         "127.0.0.1:6379", description="Redis connection string when online_store=redis."
+    )
+
+    feature_clock: Literal["wall", "data"] = Field(
+        "wall",
+        description="What 'now' is when judging online features stale against their ttl: "
+        "wall (the real clock, for production) or data (the newest feature snapshot, for "
+        "replaying historical exports).",
+    )
+    session_timeout_minutes: int = Field(
+        30, ge=1, description="Minutes of inactivity after which a live session starts anew."
     )
 
     @property
