@@ -53,6 +53,8 @@ features: setup ## Compute features, feast apply, materialise to the online stor
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)
+	@if [ -f data/features/customer_features.parquet ]; then $(SEGREC) bench --online; \
+	else echo "skipping online feature latency: run make features first"; fi
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -220,6 +220,13 @@ def bench(
         str, typer.Option(help="Comma-separated synthetic sizes to measure, e.g. small,large.")
     ] = "small,medium",
     keep: Annotated[bool, typer.Option(help="Keep the generated benchmark data.")] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: online feature read latency, SQLite and Redis (needs `make features`)."
+        ),
+    ] = False,
+    reads: Annotated[int, typer.Option(help="Reads per run for --online.")] = 1000,
 ) -> None:
     """Measure generation, import and cleaning throughput and peak memory per size.
 
@@ -230,6 +237,9 @@ def bench(
     from training.data.benchmark import run_benchmark
 
     settings = get_settings()
+    if online:
+        run_online_bench(settings, reads)
+        return
     chosen = [s.strip() for s in sizes.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in Size.__members__]
     if unknown or not chosen:
@@ -243,6 +253,32 @@ def bench(
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     console.print(f"Benchmark -> {settings.reports_dir / 'bench' / 'data.json'} and data.png")
+
+
+def run_online_bench(settings: Settings, reads: int) -> None:
+    from training.features.online_benchmark import run_online_benchmark
+
+    if not (settings.features_dir / "customer_features.parquet").exists():
+        _fail(f"no features in {settings.features_dir}: run `make features` first")
+    results = run_online_benchmark(settings, reads=reads)
+    table = Table(title=f"Online read latency, one customer ({reads} reads x 3 runs, medians)")
+    for column in ("store", "path", "p50 ms", "p99 ms", "mean ms"):
+        table.add_column(column)
+    for store in ("sqlite", "redis"):
+        for path in ("feast_to_dict", "segrec_reader"):
+            figures = results[store][path]
+            table.add_row(
+                store,
+                path,
+                f"{figures['p50_ms']:.2f}",
+                f"{figures['p99_ms']:.2f}",
+                f"{figures['mean_ms']:.2f}",
+            )
+    console.print(table)
+    console.print(
+        f"{results['sqlite']['features']} features per read; "
+        f"-> {settings.reports_dir / 'bench' / 'online.json'}"
+    )
 
 
 @app.command("settings")

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         "127.0.0.1:6379", description="Redis connection string when online_store=redis."
     )
 
+    feast_state_dir: Path | None = Field(
+        None,
+        description="Where the Feast registry and SQLite online store live "
+        "(default: <data_dir>/feast).",
+    )
     feature_clock: Literal["wall", "data"] = Field(
         "wall",
         description="What 'now' is when judging online features stale against their ttl: "
@@ -98,7 +103,7 @@ class Settings(BaseSettings):
 
     @property
     def feast_dir(self) -> Path:
-        return self.data_dir / "feast"
+        return self.feast_state_dir or self.data_dir / "feast"
 
     @property
     def raw_dir(self) -> Path:

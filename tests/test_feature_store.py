@@ -18,9 +18,9 @@ from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.online_features import OnlineFeatureReader
 from segrec.settings import PROJECT_ROOT, Settings
 from tests.conftest import Dataset, make_settings
-from tests.redis_server import free_port, redis_server
 from training.features.build import build_features
 from training.features.history import historical_features
+from training.features.local_redis import free_port, redis_server
 from training.features.materialize import apply_and_materialise
 
 pytestmark = pytest.mark.integration

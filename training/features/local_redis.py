@@ -1,4 +1,4 @@
-"""A real redis-server on a free loopback port, for tests that need Redis."""
+"""A real redis-server on a free loopback port, for tests and benchmarks that need Redis."""
 
 from __future__ import annotations
 
