@@ -160,3 +160,39 @@ def test_features_on_the_small_storefront_separate_personas(small: Dataset) -> N
     assert medians["discount_affinity"].idxmax() == "bargain_hunter"
     assert medians["price_band_high_share"].idxmax() == "loyal_high_value"
     assert medians.loc["lapsed", "days_since_last_event"] > 150
+
+
+@pytest.mark.parametrize(
+    ("fmt", "source"),
+    [
+        ("online-retail", "online_retail.csv"),
+        ("movielens", "ml-100k"),
+        ("canonical", "canonical_full"),
+    ],
+)
+def test_features_build_on_imported_exports(tmp_path: Path, fmt: str, source: str) -> None:
+    from segrec.settings import DEVELOPMENT_SECRET
+    from tests.conftest import make_settings
+    from training.data.importers import import_export
+    from training.data.pipeline import clean_dataset
+    from training.data.quality import QualityReport
+    from training.features.build import build_features
+
+    settings = make_settings(tmp_path, feature_snapshots=3)
+    report = QualityReport(settings.set_aside_dir, DEVELOPMENT_SECRET)
+    fixtures = Path(__file__).parent / "fixtures" / "importers"
+    raw = import_export(fmt, fixtures / source, settings.raw_dir / fmt, report, settings)
+    clean_dataset(raw, settings, report)
+    built = build_features(settings, progress=False)
+    customers = pd.read_parquet(built.directory / "customer_features.parquet")
+    products = pd.read_parquet(built.directory / "product_features.parquet")
+    assert len(built.snapshots) == 3
+    assert customers["customer_id"].nunique() == len(
+        pd.read_parquet(settings.clean_dir / "customers.parquet")
+    )
+    assert len(products) == 3 * len(pd.read_parquet(settings.clean_dir / "products.parquet"))
+    newest = customers[customers["event_timestamp"] == customers["event_timestamp"].max()]
+    if fmt == "online-retail":
+        assert (newest["frequency"] > 0).all(), "every imported customer bought something"
+    if fmt == "movielens":
+        assert (newest["ratings"] > 0).all()

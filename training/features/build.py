@@ -25,6 +25,7 @@ from training.features.product import product_features
 FEATURES_VERSION = "1"
 CUSTOMER_FILE = "customer_features.parquet"
 PRODUCT_FILE = "product_features.parquet"
+LIST_COLUMNS = frozenset({"category_shares"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,27 @@ class FeatureBuild:
     product_rows: int
     seconds: float
     manifest: dict[str, Any]
+
+
+def arrow_schema(frame: pd.DataFrame) -> pa.Schema:
+    """A fixed schema from the pandas dtypes, so an all-missing text column in one snapshot
+    (no ratings yet, say) is still a string column, as Feast's sources declare."""
+    fields = []
+    for column, dtype in frame.dtypes.items():
+        if column == "event_timestamp":
+            kind = pa.timestamp("ns", tz="UTC")
+        elif pd.api.types.is_bool_dtype(dtype):
+            kind = pa.bool_()
+        elif pd.api.types.is_integer_dtype(dtype):
+            kind = pa.int64()
+        elif pd.api.types.is_float_dtype(dtype):
+            kind = pa.float64()
+        elif column in LIST_COLUMNS:
+            kind = pa.list_(pa.float32())
+        else:
+            kind = pa.string()
+        fields.append(pa.field(str(column), kind))
+    return pa.schema(fields)
 
 
 def snapshot_times(end: pd.Timestamp, count: int, every_days: int) -> list[pd.Timestamp]:
@@ -61,12 +83,11 @@ def build_features(settings: Settings, *, progress: bool | None = None) -> Featu
                 (CUSTOMER_FILE, customer_features(inputs, as_of)),
                 (PRODUCT_FILE, product_features(inputs, as_of)),
             ):
-                table = pa.Table.from_pandas(frame, preserve_index=False)
+                schema = arrow_schema(frame)
+                table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
                 if name not in writers:
-                    writers[name] = pq.ParquetWriter(
-                        out_dir / name, table.schema, compression="zstd"
-                    )
-                writers[name].write_table(table.cast(writers[name].schema))
+                    writers[name] = pq.ParquetWriter(out_dir / name, schema, compression="zstd")
+                writers[name].write_table(table)
                 rows[name] += len(frame)
     finally:
         for writer in writers.values():
