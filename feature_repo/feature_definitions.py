@@ -212,7 +212,28 @@ customer_training_v1 = FeatureService(
 )
 customer_serving_v1 = FeatureService(
     name="customer_serving_v1",
-    features=[customer_profile, customer_behaviour, customer_session],
+    # Only what /recommend uses: every feature read costs time on the request path.
+    features=[
+        customer_profile[["age", "gender", "country", "tenure_days", "consent_personalisation"]],
+        customer_behaviour[
+            [
+                "recency_days",
+                "frequency",
+                "monetary_total",
+                "rfm_score",
+                "rfm_cell",
+                "top_category",
+                "preferred_price_band",
+                "discount_affinity",
+                "category_shares",
+                "days_since_last_event",
+                "views_90d",
+                "purchases_90d",
+                "abandonment_rate_90d",
+            ]
+        ],
+        customer_session,
+    ],
     description="Everything /recommend reads for one customer.",
 )
 product_serving_v1 = FeatureService(
