@@ -78,10 +78,11 @@ class OnlineFeatureReader:
         self.service = store.get_feature_service(service_name)
         self.join_key = join_key
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self.features: dict[str, tuple[str, str, Any, dt.timedelta | None]] = {}
+        # full name -> (view, short name, default, ttl in seconds or None)
+        self.features: dict[str, tuple[str, str, Any, float | None]] = {}
         for projection in self.service.feature_view_projections:
             view = store.get_feature_view(projection.name)
-            ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+            ttl = view.ttl.total_seconds() if view.ttl and view.ttl.total_seconds() > 0 else None
             for feature in projection.features:
                 full = f"{projection.name_to_use()}__{feature.name}"
                 self.features[full] = (
@@ -114,20 +115,20 @@ class OnlineFeatureReader:
                 )
                 for e in entity_ids
             ]
-        now = self.clock()
+        now = self.clock().timestamp()
+        absent = [None] * len(entity_ids)
         vectors = []
         for i, entity_id in enumerate(entity_ids):
             vector = FeatureVector(entity_id=entity_id, values={})
             stale: set[str] = set()
             for full, (view, short, default, ttl) in self.features.items():
-                value = response.get(full, [None] * len(entity_ids))[i]
-                stamp = response.get(f"{full}__ts", [0] * len(entity_ids))[i] or 0
-                fresh = True
-                if stamp and ttl is not None:
-                    age = now - dt.datetime.fromtimestamp(stamp, dt.UTC)
-                    fresh = age <= ttl
-                    if not fresh:
-                        stale.add(view)
+                value = response.get(full, absent)[i]
+                stamp = response.get(f"{full}__ts", absent)[i] or 0
+                # Seconds since the value's event time, compared as plain numbers: this
+                # loop runs for every feature of every request.
+                fresh = not stamp or ttl is None or now - stamp <= ttl
+                if not fresh:
+                    stale.add(view)
                 if not stamp or not fresh:
                     vector.values[short] = default
                     vector.missing.append(f"{view}:{short}")
