@@ -70,6 +70,9 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         (["data", "--format", "movielens"], "--format movielens needs --input PATH"),
         (["data", "--input", "."], "--input needs --format canonical, online-retail or movielens"),
         (["data", "--size", "huge"], "Invalid value for '--size'"),
+        (["features"], "no clean data in data/clean: run `make data` first"),
+        (["bench", "--online"], "no features in data/features: run `make features` first"),
+        (["bench", "--sizes", "tiny,huge"], "--sizes takes sizes from tiny, small, medium"),
     ],
 )
 def test_bad_arguments_get_a_clear_error_not_a_traceback(
