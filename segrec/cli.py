@@ -86,10 +86,8 @@ def data(
     data/set_aside/*.parquet and reports/data_quality.json.
     """
     settings = get_settings()
-    if size is not None or seed is not None:
-        settings = settings.model_copy(
-            update={k: v for k, v in {"size": size and size.value, "seed": seed}.items() if v}
-        )
+    overrides = {"size": size.value if size else None, "seed": seed}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     run_data(settings, input_path, input_format, _parse_map(column_map or []))
 
 
