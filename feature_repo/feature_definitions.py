@@ -105,6 +105,7 @@ customer_behaviour = FeatureView(
                 "discount_affinity",
                 "mean_rating",
                 "days_since_last_event",
+                "novelty_share",
             )
         ],
         *[

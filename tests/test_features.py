@@ -160,6 +160,7 @@ def test_features_on_the_small_storefront_separate_personas(small: Dataset) -> N
     assert medians["discount_affinity"].idxmax() == "bargain_hunter"
     assert medians["price_band_high_share"].idxmax() == "loyal_high_value"
     assert medians.loc["lapsed", "days_since_last_event"] > 150
+    assert medians["novelty_share"].idxmax() == "trend_follower"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ INTERACTION_WEIGHTS = {
     "remove_from_cart": 0.0,
 }
 RFM_BINS = 5
+NOVELTY_WINDOW = pd.Timedelta(days=30)
 
 
 def events_before(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -40,6 +41,30 @@ def _quantile_score(values: pd.Series, higher_is_better: bool = True) -> pd.Seri
     ranks = values.rank(pct=True, method="average", ascending=higher_is_better)
     scores = (ranks * RFM_BINS).apply(np.ceil).clip(1, RFM_BINS)
     return scores.fillna(0).astype(np.int64)
+
+
+def _novelty_share(
+    inputs: FeatureInputs, as_of: pd.Timestamp, ev: pd.DataFrame, weight: pd.Series
+) -> pd.Series:
+    """Weighted share of a customer's interactions with products that were new then: first
+    seen in the shop at most ``NOVELTY_DAYS`` before the interaction. Trend followers chase
+    launches; loyal customers rebuy staples."""
+    seen = events_before(inputs, as_of)
+    first_seen = seen.groupby(seen["product_id"].astype(object))["ts"].min()
+    product_age = ev["ts"] - ev["product_id"].astype(object).map(first_seen)
+    novel = (product_age <= NOVELTY_WINDOW).to_numpy()
+    frame = (
+        pd.DataFrame(
+            {
+                "cid": ev["customer_id"].astype(object).to_numpy(),
+                "w": weight.to_numpy(),
+                "novel_w": weight.to_numpy() * novel,
+            }
+        )
+        .groupby("cid")[["w", "novel_w"]]
+        .sum()
+    )
+    return (frame["novel_w"] / frame["w"]).where(frame["w"] > 0)
 
 
 def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -180,6 +205,7 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
     for column in ("gender", "country", "city", "consent_personalisation"):
         out[column] = customers[column]
     out["interactions"] = ev.groupby(cust).size().reindex(ids).fillna(0).astype(np.int64)
+    out["novelty_share"] = _novelty_share(inputs, as_of, ev, weight).reindex(ids)
 
     out = out.reset_index().rename(columns={"index": "customer_id"})
     out["event_timestamp"] = as_of
