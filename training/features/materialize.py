@@ -1,4 +1,4 @@
-"""``make features``: apply the Feast definitions and materialise the newest features online.
+"""``make features``: apply the Feast definitions and load the newest features online.
 
 Views whose offline source does not exist yet (segments before ``make segments``,
 embeddings before ``make train``) are registered but not materialised, and the summary
@@ -7,17 +7,20 @@ says so.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from segrec.feature_store import load_definitions, open_store
 from segrec.settings import Settings
+
+ONLINE_CHUNK_ROWS = 50_000
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Materialised:
     applied: list[str] = field(default_factory=list)
     materialised: dict[str, int] = field(default_factory=dict)  # view -> entities written
     skipped: dict[str, str] = field(default_factory=dict)  # view -> why
-    window: tuple[pd.Timestamp, pd.Timestamp] | None = None
+    snapshot: pd.Timestamp | None = None  # the as-of time that was loaded
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -35,7 +38,29 @@ def _source_path(view: object) -> Path | None:
     return Path(path) if path else None
 
 
-def apply_and_materialise(settings: Settings) -> Materialised:
+def _write_newest_snapshot(
+    store: Any, view: Any, path: Path, chunk_rows: int
+) -> tuple[int, pd.Timestamp]:
+    """Write the newest snapshot of ``view``'s source to the online store in chunks.
+
+    Equivalent to ``store.materialize`` over the newest snapshot, but bounded in memory:
+    Feast's materialize holds the whole window as Python protos (over 11 GB for a million
+    customers), while chunks of ``chunk_rows`` stay small.
+    """
+    join_key = view.entity_columns[0].name
+    stamps = pq.read_table(path, columns=["event_timestamp"]).column(0)
+    newest = pc.max(stamps).as_py()
+    columns = [join_key, *(f.name for f in view.features), "event_timestamp"]
+    table = pq.read_table(path, columns=columns, filters=[("event_timestamp", "==", newest)])
+    progress = tqdm(total=table.num_rows, desc=f"online: {view.name}", unit="row", disable=None)
+    for batch in table.to_batches(max_chunksize=chunk_rows):
+        store.write_to_online_store(view.name, batch.to_pandas())
+        progress.update(batch.num_rows)
+    progress.close()
+    return table.num_rows, pd.Timestamp(newest)
+
+
+def apply_and_materialise(settings: Settings, chunk_rows: int = ONLINE_CHUNK_ROWS) -> Materialised:
     """Register every definition, then load the newest snapshot of each view online."""
     from feast import FeatureView, PushSource
 
@@ -48,9 +73,7 @@ def apply_and_materialise(settings: Settings) -> Materialised:
     result.seconds["apply"] = round(time.perf_counter() - started, 2)
 
     views = [o for o in objects.values() if isinstance(o, FeatureView)]
-    ready: list[str] = []
-    newest: pd.Timestamp | None = None
-    oldest: pd.Timestamp | None = None
+    started = time.perf_counter()
     for view in views:
         if isinstance(view.stream_source, PushSource):
             result.skipped[view.name] = "live: filled by pushes from POST /events"
@@ -59,24 +82,8 @@ def apply_and_materialise(settings: Settings) -> Materialised:
         if path is None or not path.exists():
             result.skipped[view.name] = f"no offline data yet ({path})"
             continue
-        stamps = pq.read_table(path, columns=["event_timestamp", view.entity_columns[0].name])
-        frame = stamps.to_pandas()
-        result.materialised[view.name] = int(frame.iloc[:, 1].nunique())
-        low, high = frame["event_timestamp"].min(), frame["event_timestamp"].max()
-        oldest = low if oldest is None else min(oldest, low)
-        newest = high if newest is None else max(newest, high)
-        ready.append(view.name)
-    if ready and oldest is not None and newest is not None:
-        # Feast writes the latest row per entity inside the window: the newest snapshot.
-        window = (oldest - pd.Timedelta(seconds=1), newest + pd.Timedelta(seconds=1))
-        started = time.perf_counter()
-        # Feast prints coloured progress unconditionally; our summary says the same plainly.
-        with contextlib.redirect_stdout(io.StringIO()):
-            store.materialize(
-                start_date=window[0].to_pydatetime(),
-                end_date=window[1].to_pydatetime(),
-                feature_views=ready,
-            )
-        result.seconds["materialise"] = round(time.perf_counter() - started, 2)
-        result.window = window
+        written, newest = _write_newest_snapshot(store, view, path, chunk_rows)
+        result.materialised[view.name] = written
+        result.snapshot = newest if result.snapshot is None else max(result.snapshot, newest)
+    result.seconds["materialise"] = round(time.perf_counter() - started, 2)
     return result
