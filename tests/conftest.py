@@ -31,6 +31,16 @@ class Dataset:
     def clean(self, table: str) -> pd.DataFrame:
         return pd.read_parquet(self.settings.clean_dir / f"{table}.parquet")
 
+    def personas(self) -> pd.Series:
+        """The planted persona of each original customer, by clean (pseudonymous) id."""
+        from segrec.pseudonym import pseudonymise_many
+
+        secret = self.settings.pseudonymisation_secret.get_secret_value()
+        truth = pd.read_parquet(self.raw.directory / "ground_truth.parquet")
+        truth = truth[truth["duplicate_of"].isna()]
+        ids = pseudonymise_many(truth["raw_customer_id"], secret)
+        return pd.Series(truth["persona"].to_numpy(), index=ids, name="persona")
+
 
 def _build(root: Path, size: str) -> Dataset:
     settings = make_settings(root, size=size, seed=SEED)

@@ -144,17 +144,9 @@ def test_product_features_windows(shop: Path) -> None:
 
 @pytest.mark.slow
 def test_features_on_the_small_storefront_separate_personas(small: Dataset) -> None:
-    from segrec.pseudonym import pseudonymise
-
     inputs = load_inputs(small.settings.clean_dir)
     features = customer_features(inputs, inputs.end).set_index("customer_id")
-    secret = small.settings.pseudonymisation_secret.get_secret_value()
-    truth = pd.read_parquet(small.raw.directory / "ground_truth.parquet")
-    truth = truth[truth["duplicate_of"].isna()]
-    persona = pd.Series(
-        truth["persona"].to_numpy(),
-        index=[pseudonymise(r, secret) for r in truth["raw_customer_id"]],
-    )
+    persona = small.personas()
     medians = features.groupby(persona.reindex(features.index)).median(numeric_only=True)
     assert medians["rfm_score"].idxmax() == "loyal_high_value"
     assert medians["discount_affinity"].idxmax() == "bargain_hunter"

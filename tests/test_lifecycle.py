@@ -42,7 +42,6 @@ def test_arrays_and_scalars_agree() -> None:
 
 @pytest.mark.slow
 def test_stages_match_the_planted_personas(small: Dataset) -> None:
-    from segrec.pseudonym import pseudonymise
     from training.features.customer import customer_features
     from training.features.inputs import load_inputs
 
@@ -54,13 +53,7 @@ def test_stages_match_the_planted_personas(small: Dataset) -> None:
         ),
         index=features.index,
     )
-    secret = small.settings.pseudonymisation_secret.get_secret_value()
-    truth = pd.read_parquet(small.raw.directory / "ground_truth.parquet")
-    truth = truth[truth["duplicate_of"].isna()]
-    persona = pd.Series(
-        truth["persona"].to_numpy(),
-        index=[pseudonymise(r, secret) for r in truth["raw_customer_id"]],
-    )
+    persona = small.personas()
     share = pd.crosstab(persona.reindex(stages.index), stages, normalize="index")
     assert share.loc["new", "New"] > 0.9
     # Lapsed customers stopped 180-360 days before the end.
