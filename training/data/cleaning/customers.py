@@ -16,12 +16,12 @@ from training.data.cleaning.dedupe import find_duplicates
 from training.data.cleaning.impute import impute
 from training.data.cleaning.parse import (
     clean_text,
-    normalise_ids,
     parse_booleans,
     parse_numbers,
     parse_timestamps,
 )
 from training.data.cleaning.privacy import postcode_area, pseudonymise_ids
+from training.data.cleaning.rows import identified_rows
 from training.data.cleaning.standardise import standardise_genders
 from training.data.quality import QualityReport
 
@@ -46,13 +46,7 @@ def clean_customers(
 ) -> CleanCustomers:
     """Clean ``raw`` customers; ``first_event`` is the earliest event time per raw id."""
     quality = report.table("customers")
-    quality.rows_in += len(raw)
-    frame = raw.copy()
-    frame["customer_id"], n = normalise_ids(frame["customer_id"])
-    quality.fix("float_id_normalised", n)
-    missing = frame["customer_id"].isna()
-    report.set_aside("customers", frame[missing], "missing_customer_id")
-    frame = frame[~missing]
+    frame = identified_rows(raw, "customers", "customer_id", report)
     repeated = frame.duplicated(subset=["customer_id"], keep="first")
     report.set_aside(
         "customers",

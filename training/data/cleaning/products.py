@@ -7,10 +7,12 @@ import pandas as pd
 from segrec.settings import Settings
 from training.data.cleaning.impute import impute
 from training.data.cleaning.outliers import fit_fences, flag_outliers
-from training.data.cleaning.parse import clean_text, normalise_ids, parse_booleans, parse_numbers
+from training.data.cleaning.parse import clean_text, parse_booleans, parse_numbers
+from training.data.cleaning.rows import identified_rows
 from training.data.cleaning.standardise import standardise_categories
 from training.data.quality import QualityReport
 from training.data.raw import RAW_COLUMNS
+from training.data.schema import SCHEMAS
 
 UNCATEGORISED = "uncategorised"
 
@@ -18,14 +20,7 @@ UNCATEGORISED = "uncategorised"
 def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings) -> pd.DataFrame:
     """Typed, standardised, de-duplicated products; rows that cannot go on are set aside."""
     quality = report.table("products")
-    quality.rows_in += len(raw)
-    frame = raw.copy()
-    frame["product_id"], n = normalise_ids(frame["product_id"])
-    quality.fix("float_id_normalised", n)
-
-    missing = frame["product_id"].isna()
-    report.set_aside("products", frame[missing], "missing_product_id")
-    frame = frame[~missing]
+    frame = identified_rows(raw, "products", "product_id", report)
 
     content = list(RAW_COLUMNS["products"])
     exact = frame.duplicated(subset=content, keep="first")
@@ -106,20 +101,7 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
 
     frame["imputed_columns"] = trail
     frame["price_outlier"] = frame["price_outlier"].astype(bool)
-    out = frame[
-        [
-            "product_id",
-            "title",
-            "description",
-            "category",
-            "brand",
-            "price",
-            "price_outlier",
-            "in_stock",
-            "tags",
-            "imputed_columns",
-        ]
-    ].reset_index(drop=True)
+    out = frame[list(SCHEMAS["products"].columns)].reset_index(drop=True)
     quality.rows_out = len(out)
     return out
 
