@@ -6,7 +6,9 @@
    ``0.30 * name + 0.35 * email + 0.20 * address + 0.15 * postcode`` (rapidfuzz
    similarities on normalised text, street-type abbreviations expanded). Name and email
    alone are not enough: namesakes with numbered emails in other towns score ~75.
-   Pairs at or above the threshold merge unless both birth years are known and differ.
+   Pairs at or above the threshold merge unless both birth years, or both genders
+   (F/M/X), are known and differ: "Lucas Rossi" and "Lucy Rossi" at one address score
+   like a typo but are two people.
    Households (same surname and address, different first name and email) score about
    60-70 and stay apart.
 3. Merged records form connected components; each keeps the record that signed up
@@ -55,6 +57,9 @@ class DedupeResult:
         return int((self.survivor.index != self.survivor.to_numpy()).sum())
 
 
+KNOWN_GENDERS = ("F", "M", "X")  # missing never conflicts
+
+
 def _ascii_lower(values: pd.Series) -> pd.Series:
     return (
         values.fillna("")
@@ -95,7 +100,7 @@ def find_duplicates(customers: pd.DataFrame, *, threshold: float, max_block: int
 
     ``customers`` needs columns ``customer_id`` (unique raw ids), ``name``, ``email``,
     ``address``, ``postcode``, ``birth_year`` (float, NaN when unknown) and
-    ``signup_ts`` (for choosing survivors).
+    ``signup_ts`` (for choosing survivors); ``gender`` (standardised M/F/U) is optional.
     """
     n = len(customers)
     ids = customers["customer_id"].to_numpy()
@@ -142,7 +147,13 @@ def find_duplicates(customers: pd.DataFrame, *, threshold: float, max_block: int
         else np.zeros(0)
     )
     birth_conflict = ~np.isnan(birth[a]) & ~np.isnan(birth[b]) & (birth[a] != birth[b])
-    fuzzy = (scores >= threshold) & ~birth_conflict
+    if "gender" in customers:
+        gender = customers["gender"].where(customers["gender"].isin(KNOWN_GENDERS)).to_numpy()
+        known = pd.notna(gender[a]) & pd.notna(gender[b])
+        gender_conflict = known & (gender[a] != gender[b])
+    else:
+        gender_conflict = np.zeros(len(a), dtype=bool)
+    fuzzy = (scores >= threshold) & ~birth_conflict & ~gender_conflict
     fa, fb = a[fuzzy], b[fuzzy]
 
     edges_a = np.concatenate([exact_a, fa])

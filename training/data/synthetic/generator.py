@@ -32,8 +32,8 @@ from training.data.synthetic.population import Population, make_population
 from training.data.synthetic.sessions import SessionSimulator
 from training.data.synthetic.vocabulary import CITIES
 
-GENERATOR_VERSION = "1"
-HISTORY_DAYS = 400
+GENERATOR_VERSION = "2"
+HISTORY_DAYS = 540
 CUSTOMERS_PER_BLOCK = 20_000
 
 

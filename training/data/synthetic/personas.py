@@ -50,7 +50,7 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "bargain_hunter",
         0.20,
-        0.3,
+        0.45,
         0.8,
         (0.75, 0.2, 0.05),
         4.0,
@@ -67,7 +67,7 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "trend_follower",
         0.15,
-        0.35,
+        0.5,
         0.6,
         (0.15, 0.45, 0.4),
         2.5,
@@ -84,7 +84,7 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "occasional",
         0.30,
-        0.12,
+        0.25,
         1.5,
         (0.35, 0.45, 0.2),
         1.5,
@@ -118,7 +118,7 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "lapsed",
         0.13,
-        0.45,
+        1.5,
         0.8,
         (0.35, 0.45, 0.2),
         2.0,

@@ -28,6 +28,10 @@ DAY = np.timedelta64(86400, "s")
 N_STAPLES = 5
 DUPLICATE_RATE = 0.03
 HOUSEHOLD_RATE = 0.02
+# Spread of visit rates within a persona (lognormal sigma): people differ, personas still show.
+ACTIVITY_SIGMA = 0.3
+# A lapsed customer's activity stops this many days before the end (low, high).
+LAPSED_STOP_DAYS = (180, 360)
 
 
 @dataclass
@@ -100,11 +104,11 @@ def make_population(
     signup = end - days_before_end * DAY - rng.integers(0, 86400, n).astype("timedelta64[s]")
     active_start = np.maximum(signup, start)
     lapsed = np.array([p.lapsed for p in PERSONAS])[persona]
-    active_end = np.where(lapsed, end - rng.integers(180, 360, n) * DAY, np.full(n, end)).astype(
-        "datetime64[s]"
-    )
+    active_end = np.where(
+        lapsed, end - rng.integers(*LAPSED_STOP_DAYS, n) * DAY, np.full(n, end)
+    ).astype("datetime64[s]")
     active_end = np.maximum(active_end, active_start + DAY)
-    activity = rng.lognormal(0.0, 0.5, n)
+    activity = rng.lognormal(0.0, ACTIVITY_SIGMA, n)
 
     focus = np.array([p.category_focus for p in PERSONAS])[persona]
     prefs = rng.gamma(focus[:, None], 1.0, (n, len(CATEGORIES))) + 1e-9
