@@ -106,6 +106,10 @@ customer_behaviour = FeatureView(
                 "mean_rating",
                 "days_since_last_event",
                 "novelty_share",
+                "interaction_rate_30d",
+                "views_per_session",
+                "repeat_view_share",
+                "mean_basket_quantity",
             )
         ],
         *[
@@ -143,6 +147,8 @@ customer_segment = FeatureView(
         Field(name="segment_name", dtype=String),
         Field(name="segment_version", dtype=String),
         Field(name="lifecycle_stage", dtype=String),
+        Field(name="segment_probability", dtype=Float64),
+        Field(name="segment_outlier", dtype=Bool),
     ],
     source=customer_segment_source,
     online=True,
@@ -211,31 +217,51 @@ customer_training_v1 = FeatureService(
     features=[customer_profile, customer_behaviour],
     description="Point-in-time features for segmentation and model training.",
 )
+# Only what /recommend uses: every feature read costs time on the request path.
+SERVING_PROFILE = ["age", "gender", "country", "tenure_days", "consent_personalisation"]
+SERVING_BEHAVIOUR = [
+    "recency_days",
+    "frequency",
+    "monetary_total",
+    "rfm_score",
+    "rfm_cell",
+    "top_category",
+    "preferred_price_band",
+    "discount_affinity",
+    "category_shares",
+    "days_since_last_event",
+    "views_90d",
+    "purchases_90d",
+    "abandonment_rate_90d",
+]
+# The rest of what the segment model reads, so serving can re-assign a segment live.
+SEGMENT_INPUTS = [
+    "price_band_low_share",
+    "price_band_high_share",
+    "novelty_share",
+    "interaction_rate_30d",
+    "repeat_view_share",
+    "views_per_session",
+    "mean_basket_quantity",
+]
 customer_serving_v1 = FeatureService(
     name="customer_serving_v1",
-    # Only what /recommend uses: every feature read costs time on the request path.
     features=[
-        customer_profile[["age", "gender", "country", "tenure_days", "consent_personalisation"]],
-        customer_behaviour[
-            [
-                "recency_days",
-                "frequency",
-                "monetary_total",
-                "rfm_score",
-                "rfm_cell",
-                "top_category",
-                "preferred_price_band",
-                "discount_affinity",
-                "category_shares",
-                "days_since_last_event",
-                "views_90d",
-                "purchases_90d",
-                "abandonment_rate_90d",
-            ]
-        ],
+        customer_profile[SERVING_PROFILE],
+        customer_behaviour[SERVING_BEHAVIOUR],
         customer_session,
     ],
     description="Everything /recommend reads for one customer.",
+)
+customer_serving_v2 = FeatureService(
+    name="customer_serving_v2",
+    features=[
+        customer_profile[SERVING_PROFILE],
+        customer_behaviour[SERVING_BEHAVIOUR + SEGMENT_INPUTS],
+        customer_session,
+        customer_segment,
+    ],
+    description="v1 plus the segment (make segments) and the inputs to re-assign it live.",
 )
 product_serving_v1 = FeatureService(
     name="product_serving_v1",

@@ -67,6 +67,32 @@ def _novelty_share(
     return (frame["novel_w"] / frame["w"]).where(frame["w"] > 0)
 
 
+def _habits(ev: pd.DataFrame) -> pd.DataFrame:
+    """How a customer shops, over their whole history: views per visit, how often they
+    come back to products they have seen (staples), and how many units they buy at once."""
+    views = ev[ev["type"] == "view"]
+    view_cust = views["customer_id"].astype(object)
+    out = pd.DataFrame(
+        {
+            "views_per_session": views.groupby(view_cust).size().astype(np.float64)
+            / views.groupby(view_cust)["session_id"]
+            .nunique()
+            .astype(np.float64)
+            .replace(0.0, np.nan),
+            # Events are in time order, so a duplicate is a return to a product seen before.
+            "repeat_view_share": views.assign(cid=view_cust.to_numpy())
+            .duplicated(["cid", "product_id"])
+            .groupby(view_cust)
+            .mean(),
+        }
+    )
+    purchases = ev[ev["type"] == "purchase"]
+    out["mean_basket_quantity"] = purchases.groupby(purchases["customer_id"].astype(object))[
+        "quantity"
+    ].mean()
+    return out.astype(np.float64)
+
+
 def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per customer who had signed up by ``as_of``, stamped ``event_timestamp``."""
     customers = inputs.customers[inputs.customers["signup_ts"] < as_of].set_index("customer_id")
@@ -205,6 +231,12 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
     for column in ("gender", "country", "city", "consent_personalisation"):
         out[column] = customers[column]
     out["interactions"] = ev.groupby(cust).size().reindex(ids).fillna(0).astype(np.int64)
+    # Rate over the days we could have seen the customer: since signup, or since the
+    # shop's data begins for customers older than that.
+    observed_from = customers["signup_ts"].clip(lower=inputs.events["ts"].min())
+    observed_days = _days(as_of - observed_from).clip(lower=1.0)
+    out["interaction_rate_30d"] = out["interactions"] / observed_days * 30.0
+    out = out.join(_habits(ev))
     out["novelty_share"] = _novelty_share(inputs, as_of, ev, weight).reindex(ids)
 
     out = out.reset_index().rename(columns={"index": "customer_id"})

@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
+
+from segrec.feature_store import load_definitions
+from segrec.settings import Settings
 
 ROW_KEY = "__segrec_row"
 
@@ -29,3 +33,39 @@ def historical_features(
     features = joined.drop(columns=[c for c in entity_df.columns if c in joined], errors="ignore")
     merged = tagged.merge(features, on=ROW_KEY, how="left")
     return merged.sort_values(ROW_KEY).drop(columns=ROW_KEY).reset_index(drop=True)
+
+
+def features_as_of(
+    settings: Settings, service_name: str, cutoff: pd.Timestamp, entity_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """Every entity's features as of one time ``cutoff``, read from the feature service's
+    offline sources with Feast's point-in-time rule (per view: the newest row at or before
+    ``cutoff`` and no older than the view's ttl), indexed by the join key.
+
+    The same answer as :func:`historical_features` with one timestamp for every row (a
+    test holds them equal), at a cost that stays linear: Feast's file offline store spent
+    about 2 ms per entity row here (over half an hour for a million customers).
+    """
+    objects = load_definitions(settings)
+    service = objects[service_name]
+    parts: list[pd.DataFrame] = []
+    for projection in service.feature_view_projections:
+        view = objects[projection.name]
+        join_key = objects[view.entities[0]].join_key
+        stamp = view.batch_source.timestamp_field
+        names = [f.name for f in projection.features]
+        filters = [("event_timestamp" if stamp is None else stamp, "<=", cutoff)]
+        if view.ttl:
+            filters.append((stamp, ">=", cutoff - pd.Timedelta(view.ttl)))
+        table = pq.read_table(
+            view.batch_source.path, columns=[join_key, stamp, *names], filters=filters
+        )
+        frame = table.to_pandas()
+        frame = frame.sort_values(stamp, kind="stable").drop_duplicates(join_key, keep="last")
+        parts.append(frame.set_index(join_key)[names])
+    index = pd.Index(entity_ids, name=None) if entity_ids is not None else parts[0].index
+    joined = pd.DataFrame(index=index)
+    for part in parts:
+        joined = joined.join(part, how="left")
+    joined.index.name = None
+    return joined

@@ -60,15 +60,34 @@ def _write_newest_snapshot(
     return table.num_rows, pd.Timestamp(newest)
 
 
+def apply_definitions(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """``feast apply`` of every definition; returns the store and the objects by name."""
+    store = open_store(settings)
+    objects = load_definitions(settings)
+    store.apply(list(objects.values()))
+    return store, objects
+
+
+def load_view_online(
+    settings: Settings, view_name: str, chunk_rows: int = ONLINE_CHUNK_ROWS
+) -> int:
+    """Apply the definitions, then write the newest snapshot of one view online."""
+    store, objects = apply_definitions(settings)
+    view = objects[view_name]
+    path = _source_path(view)
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"feature view {view_name} has no offline data at {path}")
+    written, _ = _write_newest_snapshot(store, view, path, chunk_rows)
+    return written
+
+
 def apply_and_materialise(settings: Settings, chunk_rows: int = ONLINE_CHUNK_ROWS) -> Materialised:
     """Register every definition, then load the newest snapshot of each view online."""
     from feast import FeatureView, PushSource
 
     result = Materialised()
     started = time.perf_counter()
-    store = open_store(settings)
-    objects = load_definitions(settings)
-    store.apply(list(objects.values()))
+    store, objects = apply_definitions(settings)
     result.applied = sorted(objects)
     result.seconds["apply"] = round(time.perf_counter() - started, 2)
 
