@@ -18,6 +18,7 @@ INPUT  ?=
 FORMAT ?=
 MAP    ?=
 PYTEST_ARGS ?=
+UPDATE ?=
 
 DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(INPUT),--input $(INPUT) --format $(or $(FORMAT),canonical)) \
@@ -25,7 +26,7 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 
-.PHONY: help setup demo test data features bench lint typecheck clean
+.PHONY: help setup demo test data features segments bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,6 +51,9 @@ data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then cl
 
 features: setup ## Compute features, feast apply, materialise to the online store (SQLite or Redis)
 	$(SEGREC) features
+
+segments: setup ## Segment customers (k by stability), name and version them, write to Feast; UPDATE=1 for incremental
+	$(SEGREC) segments $(if $(UPDATE),--update)
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)

@@ -203,6 +203,85 @@ def run_features(settings: Settings) -> None:
 
 
 @app.command()
+def segments(
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Incremental: move the current centroids towards the newest features "
+            "(partial_fit) and measure drift, instead of a full refit.",
+        ),
+    ] = False,
+) -> None:
+    """Segment customers: choose k, cluster, profile and name, version, write to Feast.
+
+    Reads customer features from Feast's offline store as of the newest snapshot; writes
+    data/features/customer_segments.parquet (offline + online), data/segments/<version>/
+    (the numpy model serving assigns with) and reports/segments.{json,html}.
+    """
+    run_segments(get_settings(), update=update)
+
+
+def run_segments(settings: Settings, *, update: bool = False) -> None:
+    from training.segmentation.pipeline import run_segmentation, update_segments
+    from training.segmentation.report import write_reports
+
+    if not (settings.features_dir / "customer_features.parquet").exists():
+        _fail(f"no customer features in {settings.features_dir}: run `make features` first")
+    console.print(
+        f"Segmenting ({'incremental update' if update else settings.segment_algorithm}) "
+        f"on features from {settings.features_dir}"
+    )
+    try:
+        run = update_segments(settings) if update else run_segmentation(settings)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    json_path, html_path = write_reports(run, settings.reports_dir, settings.seed)
+    table = Table(title=f"Segments {run.model.version} (as of {run.inputs.cutoff.date()})")
+    for column in ("id", "name", "customers", "share", "distinguishing"):
+        table.add_column(column)
+    positions = {int(i): p for p, i in enumerate(run.model.segment_ids)}
+    for segment_id, name in zip(run.model.segment_ids, run.model.segment_names, strict=True):
+        profile = run.profiles[positions[int(segment_id)]]
+        table.add_row(
+            str(segment_id),
+            name,
+            f"{profile.size:,}",
+            f"{profile.share:.1%}",
+            "; ".join(profile.distinguishing[:2]),
+        )
+    console.print(table)
+    if run.choice is not None:
+        console.print(
+            f"k = {run.choice.k} ({run.choice.rule}; inertia elbow at {run.choice.elbow_k})"
+        )
+    if run.stability is not None:
+        console.print(
+            f"Stability: bootstrap adjusted Rand mean {run.stability.mean_ari}, "
+            f"min {run.stability.min_ari} over {run.stability.rounds} refits"
+        )
+    if run.transition is not None:
+        console.print(
+            f"Versus {run.transition.previous_version}: adjusted Rand "
+            f"{run.transition.adjusted_rand}, {run.transition.changed_share:.1%} changed segment"
+        )
+    if run.drift is not None:
+        console.print(f"Drift: largest centroid shift {run.drift['max_centroid_shift']}")
+    if run.persona_agreement is not None:
+        console.print(
+            f"Planted personas: adjusted Rand {run.persona_agreement['adjusted_rand']}, "
+            f"NMI {run.persona_agreement['normalized_mutual_info']} "
+            f"({run.persona_agreement['customers']:,} customers)"
+        )
+    console.print(
+        f"{len(run.assignments):,} customers segmented, {run.inputs.excluded_no_consent:,} "
+        f"excluded (no personalisation consent); {run.online_rows:,} written online; "
+        f"model -> {settings.segments_dir / run.model.version}; reports -> {json_path}, "
+        f"{html_path} ({sum(run.seconds.values()):.1f}s)"
+    )
+
+
+@app.command()
 def demo() -> None:
     """The main job end to end on the embedded defaults (synthetic data, SQLite store)."""
     settings = get_settings()
@@ -210,6 +289,8 @@ def demo() -> None:
     run_data(settings, None, InputFormat.synthetic, {})
     console.rule("segrec demo: features")
     run_features(settings)
+    console.rule("segrec demo: segments")
+    run_segments(settings)
 
 
 @app.command()

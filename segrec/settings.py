@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     size: SizeName = Field("small", description="Synthetic data size: tiny, small, medium, large.")
     synthetic_end: dt.date = Field(
         dt.date(2026, 10, 31),
-        description="Last day of synthetic history; history spans the 400 days before it.",
+        description="Last day of synthetic history; history spans the 540 days before it.",
     )
     pseudonymisation_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
@@ -96,6 +96,80 @@ class Settings(BaseSettings):
     session_timeout_minutes: int = Field(
         30, ge=1, description="Minutes of inactivity after which a live session starts anew."
     )
+
+    segment_algorithm: Literal["kmeans", "gmm", "ward"] = Field(
+        "kmeans",
+        description="Clustering behind the segments: kmeans (MiniBatchKMeans above "
+        "segment_minibatch_rows), gmm (Gaussian mixture, soft), ward (agglomerative on a sample).",
+    )
+    segment_features: tuple[str, ...] = Field(
+        (
+            "discount_affinity",
+            "price_band_high_share",
+            "price_band_low_share",
+            "days_since_last_event",
+            "tenure_days",
+            "novelty_share",
+            "age",
+            "interaction_rate_30d",
+            "repeat_view_share",
+            "views_per_session",
+            "mean_basket_quantity",
+        ),
+        description="Customer features (from customer_training_v1) that segments are found in. "
+        "Rates and shares, not totals: a total such as monetary_total mixes tenure, visit rate "
+        "and basket value, which are here separately (it is still profiled).",
+    )
+    segment_profile_features: tuple[str, ...] = Field(
+        ("monetary_total", "frequency", "avg_order_value", "rfm_score"),
+        description="Extra features described in each segment's profile (and used by the "
+        "naming rules) without shaping the segments.",
+    )
+    segment_log_features: tuple[str, ...] | Literal["auto"] = Field(
+        (
+            "monetary_total",
+            "frequency",
+            "avg_order_value",
+            "days_since_last_event",
+            "tenure_days",
+            "interaction_rate_30d",
+            "views_per_session",
+            "mean_basket_quantity",
+        ),
+        description="Features log1p-transformed before scaling (spend, counts, durations); "
+        "'auto' picks non-negative features with skewness above 1.",
+    )
+    segment_k_min: int = Field(3, ge=2, description="Smallest number of segments tried.")
+    segment_k_max: int = Field(10, ge=2, description="Largest number of segments tried.")
+    segment_k: int | None = Field(
+        None, ge=2, description="Fix the number of segments instead of choosing it by metrics."
+    )
+    segment_pca_components: int = Field(
+        0,
+        ge=0,
+        description="Reduce the scaled features with PCA to this many components (0 = off).",
+    )
+    segment_sample_rows: int = Field(
+        10_000,
+        ge=500,
+        description="Sample size for silhouette, Ward, HDBSCAN outliers and stability refits.",
+    )
+    segment_minibatch_rows: int = Field(
+        200_000, ge=1000, description="Above this many customers K-Means runs mini-batch."
+    )
+    segment_bootstrap_rounds: int = Field(
+        5, ge=2, description="Bootstrap refits for the stability (adjusted Rand) estimate."
+    )
+    segment_match_distance: float = Field(
+        1.0,
+        gt=0,
+        description="Largest centroid distance (in scaled units) at which a new segment keeps "
+        "the id and name of a previous version's segment.",
+    )
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.data_dir / "segments"
 
     @property
     def features_dir(self) -> Path:

@@ -1,0 +1,1 @@
+"""Customer segmentation: preprocess, cluster, choose k, profile and name, version, export."""
