@@ -24,6 +24,7 @@ from tests.recommender_contract import (
 from training.models.als import ALS
 from training.models.base import Recommender
 from training.models.buy_again import BuyAgain
+from training.models.category_popularity import CategoryPopularity
 from training.models.content import Content
 from training.models.interactions import (
     EventWeights,
@@ -89,6 +90,16 @@ class TestTrendingPopularity(RecommenderContract):
 
     def make_model(self, **params: Any) -> Recommender:
         return Popularity(half_life_days=7.0, window_days=30.0, **params)
+
+
+class TestCategoryPopularity(RecommenderContract):
+    invalid_params: ClassVar[dict[str, Any]] = {
+        "prior_strength": 0.0,
+        "affinity_half_life_days": -1,
+    }
+
+    def make_model(self, **params: Any) -> Recommender:
+        return CategoryPopularity(**params)
 
 
 class TestBuyAgain(RecommenderContract):
@@ -561,8 +572,9 @@ def storefront_split(small: Dataset) -> tuple[Interactions, dict[str, np.ndarray
         ALS(num_threads=1, random_state=SEED),
         Content(random_state=SEED),
         Popularity(by_segment=False, half_life_days=14.0, window_days=60.0),
+        CategoryPopularity(),
     ],
-    ids=["buy_again", "svd", "als", "content", "trending"],
+    ids=["buy_again", "svd", "als", "content", "trending", "category_popularity"],
 )
 def test_models_beat_random_ranking_on_a_time_split(
     model: Recommender, storefront_split: tuple[Interactions, dict[str, np.ndarray]]

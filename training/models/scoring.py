@@ -350,7 +350,46 @@ def score_content(
 
 Scorer = Callable[[Arrays, CustomerState, "np.ndarray | None"], np.ndarray]
 
+
+def attribute_affinity(
+    arrays: Arrays, state: CustomerState, codes: np.ndarray, prior: np.ndarray
+) -> np.ndarray:
+    """The customer's smoothed shares over one item attribute (category, price band):
+    recency-weighted interactions per attribute value plus ``prior_strength``
+    interactions spread like everyone's."""
+    prior = np.asarray(prior, dtype=np.float64)
+    strength = float(arrays["prior_strength"])
+    items, totals = event_totals(state, arrays["event_weights"], float(arrays["half_life_days"]))
+    counts = np.bincount(codes[items], weights=totals, minlength=len(prior)).astype(np.float64)
+    return (counts + strength * prior) / (counts.sum() + strength)
+
+
+def _lift(arrays: Arrays, state: CustomerState, name: str) -> tuple[np.ndarray, np.ndarray]:
+    codes, prior = arrays[f"item_{name}"], np.asarray(arrays[f"{name}_prior"], dtype=np.float64)
+    lift = attribute_affinity(arrays, state, codes, prior) / np.where(prior > 0, prior, 1.0)
+    return codes, lift
+
+
+def score_category_popularity(
+    arrays: Arrays, state: CustomerState, candidates: np.ndarray | None
+) -> np.ndarray:
+    """Popularity re-weighted from everyone's taste to the customer's:
+    ``popularity(i) * lift_category(i) * lift_band(i)``, where a lift is the customer's
+    smoothed share of an attribute value over everyone's share (with no history both
+    lifts are 1: plain popularity).
+
+    Arrays: ``item_scores``, ``item_category``, ``category_prior``, ``item_band``,
+    ``band_prior``, ``event_weights``, ``half_life_days``, ``prior_strength``.
+    """
+    popularity = arrays["item_scores"]
+    category, category_lift = _lift(arrays, state, "category")
+    band, band_lift = _lift(arrays, state, "band")
+    cand, valid = _candidates(candidates, len(popularity))
+    return _finish(popularity[cand] * category_lift[category[cand]] * band_lift[band[cand]], valid)
+
+
 SCORERS: dict[str, Scorer] = {
+    "category_popularity": score_category_popularity,
     "popularity": score_popularity,
     "buy_again": score_buy_again,
     "svd": score_svd,
