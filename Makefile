@@ -26,7 +26,7 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 
-.PHONY: help setup demo test data features segments bench lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,12 @@ features: setup ## Compute features, feast apply, materialise to the online stor
 
 segments: setup ## Segment customers (k by stability), name and version them, write to Feast; UPDATE=1 for incremental
 	$(SEGREC) segments $(if $(UPDATE),--update)
+
+train: setup ## Fit models, blend weights per segment, evaluate, export the bundle and customer factors
+	$(SEGREC) train
+
+evaluate: setup ## Evaluate every model and the blend (SEGREC_EVAL_PROTOCOL=temporal|leave_last_n_out|random_ratio)
+	$(SEGREC) evaluate
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)

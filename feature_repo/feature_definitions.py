@@ -160,7 +160,9 @@ customer_embedding = FeatureView(
     entities=[customer],
     ttl=timedelta(days=90),
     schema=[
-        Field(name="factors", dtype=Array(Float32)),
+        Field(name="als_factors", dtype=Array(Float32)),
+        Field(name="svd_factors", dtype=Array(Float32)),
+        Field(name="svd_bias", dtype=Float64),
         Field(name="model_version", dtype=String),
     ],
     source=customer_embedding_source,
@@ -260,8 +262,10 @@ customer_serving_v2 = FeatureService(
         customer_behaviour[SERVING_BEHAVIOUR + SEGMENT_INPUTS],
         customer_session,
         customer_segment,
+        customer_embedding,
     ],
-    description="v1 plus the segment (make segments) and the inputs to re-assign it live.",
+    description="v1 plus the segment (make segments), the model factors (make train) and "
+    "the inputs to re-assign the segment live.",
 )
 product_serving_v1 = FeatureService(
     name="product_serving_v1",

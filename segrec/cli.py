@@ -282,6 +282,76 @@ def run_segments(settings: Settings, *, update: bool = False) -> None:
 
 
 @app.command()
+def train(
+    export: Annotated[
+        bool,
+        typer.Option(
+            "--export/--no-export",
+            help="Refit on all data and export the bundle (files + BentoML model) and the "
+            "customer factors (Feast); --no-export only evaluates.",
+        ),
+    ] = True,
+) -> None:
+    """Fit every model, fit blend weights per segment, evaluate, export the bundle.
+
+    Protocol from SEGREC_EVAL_PROTOCOL (temporal by default). Writes
+    reports/evaluation.{json,html}; with --export also data/bundles/<version>/, the
+    BentoML model segrec_bundle (store: SEGREC_BENTOML_HOME) and
+    data/features/customer_embeddings.parquet (offline + online).
+    """
+    run_train(get_settings(), export=export)
+
+
+@app.command()
+def evaluate() -> None:
+    """Evaluate only: the same fits and figures as `train`, without exporting."""
+    run_train(get_settings(), export=False)
+
+
+def run_train(settings: Settings, *, export: bool) -> None:
+    from training.train.evaluate import BLEND
+    from training.train.pipeline import run_training
+    from training.train.report import write_reports
+
+    if not (settings.clean_dir / "manifest.json").exists():
+        _fail(f"no clean data in {settings.clean_dir}: run `make data` first")
+    if not (settings.features_dir / "customer_segments.parquet").exists():
+        _fail("no segments yet: run `make segments` first (the blend is fitted per segment)")
+    console.print(
+        f"Training and evaluating ({settings.eval_protocol} protocol, k={settings.eval_k})"
+    )
+    try:
+        run = run_training(settings, export_bundle=export)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    json_path, html_path = write_reports(run, settings)
+    for protocol, result in run.results.items():
+        table = Table(title=f"{protocol}: mean over {result.runs[BLEND].n_customers:,} customers")
+        for column in ("model", f"NDCG@{settings.eval_k}", "hit rate", "recall", "coverage"):
+            table.add_column(column)
+        for name, metrics in result.runs.items():
+            table.add_row(
+                name,
+                f"{metrics.means['ndcg']:.4f}",
+                f"{metrics.means['hit_rate']:.4f}",
+                f"{metrics.means['recall']:.4f}",
+                f"{metrics.coverage or 0:.3f}",
+            )
+        console.print(table)
+    console.print(
+        f"Blend weights fitted for {len(run.blender.segment_ids_)} segments "
+        f"({len(run.blender.backed_off_)} backed off to global); reports -> {json_path}, "
+        f"{html_path} ({sum(run.seconds.values()):.1f}s)"
+    )
+    if run.export is not None:
+        console.print(
+            f"Bundle {run.export.bundle_version} -> {run.export.bundle_dir} and BentoML "
+            f"{run.export.bentoml_tag}; {run.export.customers_written:,} customers' factors "
+            "written to Feast"
+        )
+
+
+@app.command()
 def demo() -> None:
     """The main job end to end on the embedded defaults (synthetic data, SQLite store)."""
     settings = get_settings()
@@ -291,6 +361,8 @@ def demo() -> None:
     run_features(settings)
     console.rule("segrec demo: segments")
     run_segments(settings)
+    console.rule("segrec demo: train")
+    run_train(settings, export=True)
 
 
 @app.command()

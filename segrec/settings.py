@@ -167,6 +167,57 @@ class Settings(BaseSettings):
         "the id and name of a previous version's segment.",
     )
 
+    eval_k: int = Field(10, ge=1, le=100, description="Cut-off k of every ranking metric.")
+    eval_protocol: Literal["temporal", "leave_last_n_out", "random_ratio"] = Field(
+        "temporal",
+        description="Evaluation protocol: temporal (a global cut-off, what production sees), "
+        "leave_last_n_out (per customer), random_ratio (per customer, seeded; comparable "
+        "with published MovieLens tables).",
+    )
+    eval_test_ratio: float = Field(
+        0.25, gt=0, lt=1, description="random_ratio: share of each customer's items held out."
+    )
+    eval_last_n: int = Field(1, ge=1, description="leave_last_n_out: relevant events held out.")
+    eval_test_days: float = Field(
+        28.0, gt=0, description="Temporal protocol: the last days of events held out as test."
+    )
+    eval_validation_days: float = Field(
+        28.0, gt=0, description="The days before the test window used to fit blend weights."
+    )
+    blend_min_customers: int = Field(
+        30,
+        ge=1,
+        description="Validation customers a segment needs for its own blend weights; fewer "
+        "back off to the global blend.",
+    )
+    blend_max_seconds: float = Field(
+        60.0, gt=0, description="Time budget for fitting all blend weights."
+    )
+    trending_half_life_days: float = Field(
+        14.0, gt=0, description="Half-life of the trending popularity model."
+    )
+
+    repeat_categories: tuple[str, ...] = Field(
+        ("groceries", "pet_supplies", "health", "beauty"),
+        description="Categories where buying again is normal: bought items stay recommendable.",
+    )
+    max_per_category: int = Field(
+        4, ge=0, description="Diversity cap: most items of one category in a list (0 = none)."
+    )
+    bentoml_home: Path | None = Field(
+        None,
+        description="BentoML's model store for exported bundles, used when BENTOML_HOME is unset "
+        "(default: <data_dir>/bentoml).",
+    )
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+    @property
+    def bentoml_store(self) -> Path:
+        return self.bentoml_home or self.data_dir / "bentoml"
+
     @property
     def segments_dir(self) -> Path:
         return self.data_dir / "segments"

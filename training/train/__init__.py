@@ -1,0 +1,1 @@
+"""A training run: fit models, fit blend weights per segment, evaluate, export."""

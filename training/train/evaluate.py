@@ -1,0 +1,90 @@
+"""Rank with every model, the per-segment blend and the baselines, and measure them all
+on the same customers, overall and per group (segment, lifecycle stage, cold start)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.evaluation.metrics import RunMetrics, evaluate_run
+from training.models.blend import weights_for
+from training.models.blend_fit import SegmentBlender
+from training.train.stacks import EXCLUDED
+
+BLEND = "blend"
+RANDOM = "random"
+
+
+@dataclass
+class RankingResult:
+    runs: dict[str, RunMetrics]  # method -> metrics
+    groups: pd.DataFrame  # per test customer: segment, lifecycle, cold_start
+    k: int
+
+    def summary(self) -> dict[str, Any]:
+        return {name: run.summary() for name, run in self.runs.items()}
+
+    def by_group(self, column: str, metric: str = "ndcg") -> pd.DataFrame:
+        """Mean ``metric`` per method (columns) and group value (rows), with counts."""
+        labels = self.groups.set_index("customer_id")[column]
+        table = pd.DataFrame(
+            {name: run.means_by(labels)[metric] for name, run in self.runs.items()}
+        )
+        counts = self.runs[BLEND].means_by(labels)["n_customers"]
+        table.insert(0, "n_customers", counts)
+        return table
+
+
+def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per customer the k best items, best first; excluded items never appear."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(scores, order, axis=1) > EXCLUDED
+    return [row[mask] for row, mask in zip(order, kept, strict=True)]
+
+
+def blended_scores(stack: np.ndarray, blender: SegmentBlender, segments: np.ndarray) -> np.ndarray:
+    weights = np.vstack(
+        [
+            weights_for(s, blender.segment_ids_, blender.segment_weights_, blender.global_weights_)
+            for s in segments
+        ]
+    )
+    total = np.einsum("cm,cmi->ci", weights, stack)
+    # Excluded items are EXCLUDED in every model, so the weighted sum (weights sum to 1)
+    # is EXCLUDED too; keep it exact so they never rank.
+    return np.where((stack <= EXCLUDED).all(axis=1), EXCLUDED, total)
+
+
+def evaluate_rankings(
+    *,
+    stack: np.ndarray,
+    relevant: np.ndarray,
+    model_names: list[str],
+    blender: SegmentBlender,
+    segments: np.ndarray,
+    groups: pd.DataFrame,
+    k: int,
+    seed: int,
+    popularity: np.ndarray | None = None,
+) -> RankingResult:
+    ids = groups["customer_id"].astype(str).tolist()
+    held = {c: np.flatnonzero(row) for c, row in zip(ids, relevant, strict=True)}
+    rankings: dict[str, np.ndarray] = {name: stack[:, m] for m, name in enumerate(model_names)}
+    rankings[BLEND] = blended_scores(stack, blender, segments)
+    rng = np.random.default_rng(seed)
+    noise = rng.random(stack.shape[::2])
+    rankings[RANDOM] = np.where((stack <= EXCLUDED).all(axis=1), EXCLUDED, noise)
+    runs = {
+        name: evaluate_run(
+            dict(zip(ids, _top_k(scores, k), strict=True)),
+            held,
+            k,
+            n_items=stack.shape[2],
+            popularity=popularity,
+        )
+        for name, scores in rankings.items()
+    }
+    return RankingResult(runs=runs, groups=groups, k=k)

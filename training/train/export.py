@@ -1,0 +1,178 @@
+"""Export a training run: the bundle (item side, for serving pods) and the customer-side
+factors (to Feast, so pods hold no per-customer tables).
+
+The exported models are refitted on every event (through the data end), with the blend
+weights fitted on validation and the figures measured on test in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
+from segrec.settings import Settings
+from training.features.inputs import price_bands
+from training.models.base import Recommender
+from training.models.blend_fit import SegmentBlender
+from training.models.interactions import Interactions
+from training.segmentation.versioning import load_current
+
+EMBEDDINGS_FILE = "customer_embeddings.parquet"
+EMBEDDING_VIEW = "customer_embedding"
+TOP_LIST = 100
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.string()),
+        pa.field("event_timestamp", pa.timestamp("ns", tz="UTC")),
+        pa.field("als_factors", pa.list_(pa.float32())),
+        pa.field("svd_factors", pa.list_(pa.float32())),
+        pa.field("svd_bias", pa.float64()),
+        pa.field("model_version", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Export:
+    bundle_version: str
+    bundle_dir: str
+    bentoml_tag: str
+    customers_written: int
+
+
+def _items_group(
+    data: Interactions, settings: Settings
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    products = data.products
+    if products is None:
+        raise ValueError("export needs interactions built with products")
+    categories, category = np.unique(
+        products["category"].fillna("unknown").astype(str).to_numpy(), return_inverse=True
+    )
+    band_codes = {"low": 0, "mid": 1, "high": 2}  # anything else (unknown): 3
+    items = {
+        "product_ids": unicode_ids(data.items.ids(np.arange(data.n_items))),
+        "category": category.astype(np.int64),
+        "in_stock": products["in_stock"].fillna(False).to_numpy(dtype=bool),
+        "price_band": price_bands(products).map(band_codes).fillna(3).to_numpy(dtype=np.int64),
+        "price": products["price"].to_numpy(dtype=np.float64),
+    }
+    filters = {
+        "categories": unicode_ids(categories),
+        "repeat_category": np.isin(categories, list(settings.repeat_categories)),
+        "max_per_category": np.asarray(settings.max_per_category, dtype=np.int64),
+    }
+    return items, filters
+
+
+def _next_bundle_version(settings: Settings) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"bundle-{stamp}"
+
+
+def build_bundle(
+    settings: Settings,
+    models: dict[str, Recommender],
+    data: Interactions,
+    blender: SegmentBlender,
+    metrics: dict[str, Any],
+) -> Bundle:
+    segment_model = load_current(settings.segments_dir)
+    if segment_model is None:
+        raise FileNotFoundError("no segment model: run `make segments` before `make train`")
+    version = _next_bundle_version(settings)
+    items, filters = _items_group(data, settings)
+    arrays: dict[str, dict[str, np.ndarray]] = {"items": items, "filters": filters}
+    for name, model in models.items():
+        group = {k: np.asarray(v) for k, v in model.export_arrays().items()}
+        group["kind"] = np.asarray(model.kind)
+        arrays[f"models/{name}"] = group
+    # Bundle rows: every fitted segment that the segment model knows, then the global row.
+    known = set(segment_model.segment_ids.tolist())
+    rows = [i for i, s in enumerate(blender.segment_ids_.tolist()) if s in known]
+    arrays["blend"] = {
+        "weights": np.vstack([blender.segment_weights_[rows], blender.global_weights_]),
+        "segment_ids": blender.segment_ids_[rows].astype(np.int64),
+        "models": unicode_ids(list(models)),
+    }
+    popularity = models["popularity"].export_arrays()["item_scores"]
+    segment_rows = models["segment_popularity"].export_arrays()["segment_scores"]
+    segment_ids = segment_model.segment_ids
+    arrays["popularity"] = {
+        "global_top": np.argsort(-popularity, kind="stable")[:TOP_LIST].astype(np.int64),
+        "segment_ids": segment_ids.astype(np.int64),
+        "segment_top": np.vstack(
+            [
+                np.argsort(-segment_rows[s], kind="stable")[:TOP_LIST]
+                if 0 <= s < len(segment_rows)
+                else np.argsort(-popularity, kind="stable")[:TOP_LIST]
+                for s in segment_ids
+            ]
+        ).astype(np.int64),
+    }
+    clean = json.loads((settings.clean_dir / "manifest.json").read_text())
+    features = json.loads((settings.features_dir / "manifest.json").read_text())
+    return Bundle(
+        version=version,
+        arrays=arrays,
+        segment_model=segment_model,
+        versions={
+            "data": clean["data_version"],
+            "features": f"{features['features_version']}:{features['data_version']}",
+            "models": version,
+        },
+        seeds={"seed": settings.seed},
+        metrics=metrics,
+    )
+
+
+def write_customer_factors(
+    settings: Settings, models: dict[str, Recommender], data: Interactions, version: str
+) -> int:
+    """ALS and SVD customer vectors as the ``customer_embedding`` view's offline source
+    (one row per customer, stamped at the data end), then loaded online."""
+    als = models["als"].export_customer_arrays()["user_factors"].astype(np.float32)
+    svd = models["svd"].export_customer_arrays()
+    frame = pd.DataFrame(
+        {
+            "customer_id": data.customers.ids(np.arange(data.n_customers)).astype(str),
+            "event_timestamp": data.reference_time,
+            "als_factors": list(als),
+            "svd_factors": list(svd["user_factors"].astype(np.float32)),
+            "svd_bias": svd["user_bias"].astype(np.float64),
+            "model_version": version,
+        }
+    )
+    path = settings.features_dir / EMBEDDINGS_FILE
+    staging = path.with_suffix(".tmp")
+    pq.write_table(
+        pa.Table.from_pandas(frame, schema=EMBEDDINGS_SCHEMA, preserve_index=False), staging
+    )
+    staging.replace(path)
+    from training.features.materialize import load_view_online
+
+    return load_view_online(settings, EMBEDDING_VIEW)
+
+
+def export(
+    settings: Settings,
+    models: dict[str, Recommender],
+    data: Interactions,
+    blender: SegmentBlender,
+    metrics: dict[str, Any],
+) -> Export:
+    bundle = build_bundle(settings, models, data, blender, metrics)
+    directory = write_bundle(bundle, settings.bundles_dir / bundle.version)
+    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_store.resolve()))
+    tag = save_to_bentoml(bundle)
+    written = write_customer_factors(settings, models, data, bundle.version)
+    return Export(bundle.version, str(directory), tag, written)

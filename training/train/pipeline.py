@@ -1,0 +1,218 @@
+"""``make train``: fit the models, fit blend weights per segment on validation, evaluate
+everything on the held-out test window (temporal protocol), and report.
+
+Protocol (what production sees): events up to ``validation_cut`` train the models whose
+validation scores fit the blend weights; the models are then refitted on everything up
+to ``test_cut`` and every ranking (each model, the blend, the baselines) is judged on the
+purchases after it. Items a customer interacted with before the cut are excluded from
+their ranking in the main figures; the same figures with repeats allowed are reported
+beside them, because in retail many purchases are repeats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segrec.settings import Settings
+from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
+from training.models.blend_fit import SegmentBlender
+from training.models.interactions import Interactions
+from training.models.scoring import EVENT_TYPES
+from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
+from training.train.export import Export, export
+from training.train.stacks import (
+    exclude,
+    fit_models,
+    make_models,
+    relevant_mask,
+    score_stack,
+    seen_mask,
+)
+
+SEGMENTS_FILE = "customer_segments.parquet"
+
+
+@dataclass
+class TrainingRun:
+    model_names: list[str]
+    blender: SegmentBlender
+    results: dict[str, RankingResult]  # protocol -> result
+    customers: dict[str, int]
+    split: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    export: Export | None = None
+
+
+def load_segments(settings: Settings) -> pd.DataFrame:
+    """Newest segment and lifecycle stage per customer (empty when not segmented yet)."""
+    path = settings.features_dir / SEGMENTS_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=["segment_id", "segment_name", "lifecycle_stage"])
+    frame = pd.read_parquet(path)
+    frame = frame[frame["event_timestamp"] == frame["event_timestamp"].max()]
+    return frame.set_index("customer_id")[["segment_id", "segment_name", "lifecycle_stage"]]
+
+
+def _split(settings: Settings, events: pd.DataFrame) -> EvaluationSplit:
+    params: dict[str, Any]
+    if settings.eval_protocol == "temporal":
+        params = {
+            "test_days": settings.eval_test_days,
+            "validation_days": settings.eval_validation_days,
+        }
+    elif settings.eval_protocol == "leave_last_n_out":
+        params = {"n": settings.eval_last_n}
+    else:
+        params = {
+            "test_ratio": settings.eval_test_ratio,
+            "validation_ratio": settings.eval_test_ratio,
+            "random_state": settings.seed,
+        }
+    return make_split(settings.eval_protocol, events, **params)
+
+
+def _interactions(side: HeldOut, products: pd.DataFrame, segments: pd.Series) -> Interactions:
+    return Interactions.from_events(
+        side.train, products=products, reference_time=side.reference_time, segments=segments
+    )
+
+
+def _held(
+    side: HeldOut, data: Interactions, *, new_items_only: bool, known_only: bool
+) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """Customers with held-out relevant items: ids, training indices (-1 = unknown) and
+    the items. ``new_items_only`` drops items the customer had any training event on."""
+    held = side.relevant(data.items, exclude_train_types=EVENT_TYPES if new_items_only else None)
+    ids = [c for c, items in held.items() if len(items) and (c in data.customers or not known_only)]
+    return ids, data.customers.index(ids), [held[c] for c in ids]
+
+
+def run_training(
+    settings: Settings, *, export_bundle: bool = True, progress: bool | None = None
+) -> TrainingRun:
+    timer: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        timer[name] = round(now - started, 2)
+        started = now
+
+    events = pd.read_parquet(settings.clean_dir / "events.parquet")
+    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    segments = load_segments(settings)
+    segment_of = segments["segment_id"].astype("int64")
+    split = _split(settings, events)
+    lap("load")
+
+    # 1. Blend weights from validation (the main protocol: new items only).
+    train = _interactions(split.validation, products, segment_of)
+    models = fit_models(make_models(settings), train)
+    lap("fit_for_validation")
+    _, val_index, val_held = _held(split.validation, train, new_items_only=True, known_only=True)
+    val_stack = exclude(score_stack(models, train, val_index), seen_mask(train, val_index))
+    blender = SegmentBlender(
+        k=settings.eval_k,
+        min_customers=settings.blend_min_customers,
+        max_seconds=settings.blend_max_seconds,
+    ).fit(
+        val_stack,
+        relevant_mask(val_held, train.n_items),
+        np.array([len(h) for h in val_held]),
+        train.segments[val_index] if train.segments is not None else np.zeros(len(val_index)),
+    )
+    lap("fit_blend")
+
+    # 2. Refit on the whole training side and evaluate on the test side.
+    before = _interactions(split.test, products, segment_of)
+    models = fit_models(make_models(settings), before)
+    lap("fit_for_test")
+    results = {}
+    for protocol, new_only in (("new_items", True), ("repeats_allowed", False)):
+        ids, index, held = _held(split.test, before, new_items_only=new_only, known_only=False)
+        stack = score_stack(models, before, index)
+        if new_only:
+            stack = exclude(stack, seen_mask(before, index))
+        groups = pd.DataFrame(_groups(ids, index, segments, before))
+        results[protocol] = evaluate_rankings(
+            stack=stack,
+            relevant=relevant_mask(held, before.n_items),
+            popularity=_popularity(before),
+            model_names=list(models),
+            blender=blender,
+            segments=groups["segment"].to_numpy(),
+            groups=groups,
+            k=settings.eval_k,
+            seed=settings.seed,
+        )
+    lap("evaluate")
+    exported = None
+    if export_bundle:
+        everything = Interactions.from_events(
+            events,
+            products=products,
+            reference_time=pd.Timestamp(events["ts"].max()),
+            segments=segment_of,
+        )
+        final = fit_models(make_models(settings), everything)
+        lap("fit_for_export")
+        exported = export(settings, final, everything, blender, {"ndcg_at_k": _headline(results)})
+        lap("export")
+    return TrainingRun(
+        model_names=list(models),
+        blender=blender,
+        results=results,
+        customers={
+            "validation": len(val_index),
+            "test": len(results["repeats_allowed"].groups),
+            "test_new_items": len(results["new_items"].groups),
+        },
+        split=split.summary(),
+        seconds=timer,
+        export=exported,
+    )
+
+
+def _headline(results: dict[str, RankingResult]) -> dict[str, float]:
+    """NDCG@k of the blend per protocol, for the bundle's metadata."""
+    return {p: round(r.runs[BLEND].means["ndcg"], 5) for p, r in results.items()}
+
+
+def _popularity(data: Interactions) -> np.ndarray:
+    """Interactions per item in training, for novelty."""
+    return np.bincount(data.item, minlength=data.n_items).astype(np.float64)
+
+
+def _groups(
+    ids: list[str], index: np.ndarray, segments: pd.DataFrame, data: Interactions
+) -> list[dict[str, Any]]:
+    """Segment, lifecycle stage and cold-start flag of each test customer."""
+    known = segments.reindex(ids)
+    interactions = np.diff(data.indptr)
+    rows = []
+    for row, (customer, position) in enumerate(zip(ids, index, strict=True)):
+        history = int(interactions[position]) if position >= 0 else 0
+        segment = known["segment_id"].iloc[row]
+        rows.append(
+            {
+                "customer_id": customer,
+                "segment": int(segment) if pd.notna(segment) else -1,
+                "segment_name": known["segment_name"].iloc[row]
+                if pd.notna(known["segment_name"].iloc[row])
+                else "Unsegmented",
+                "lifecycle": known["lifecycle_stage"].iloc[row]
+                if pd.notna(known["lifecycle_stage"].iloc[row])
+                else "Unknown",
+                "cold_start": history < COLD_START_EVENTS,
+            }
+        )
+    return rows
+
+
+COLD_START_EVENTS = 5  # fewer training events than this: a cold-start customer

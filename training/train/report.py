@@ -1,0 +1,209 @@
+"""``reports/evaluation.json`` and ``reports/evaluation.html`` (plots embedded as PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from segrec.settings import Settings
+from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
+from training.train.evaluate import BLEND, RankingResult
+from training.train.pipeline import TrainingRun
+
+HEADLINE = ("ndcg", "hit_rate", "precision", "recall", "map", "mrr")
+GROUPS = ("segment_name", "lifecycle", "cold_start")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become null (JSON has no NaN), numpy scalars plain."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
+    """Per model: NDCG@k with a bootstrap interval, and the blend minus it (paired)."""
+    blend = result.runs[BLEND].per_customer["ndcg"]
+    out = {}
+    for name, run in result.runs.items():
+        values = run.per_customer["ndcg"]
+        entry = {"ndcg": bootstrap_ci(values, random_state=seed).to_dict()}
+        if name != BLEND:
+            entry["blend_minus_model"] = paired_bootstrap(
+                blend, values, random_state=seed
+            ).to_dict()
+        out[name] = entry
+    return out
+
+
+def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
+    protocols: dict[str, Any] = {}
+    for protocol, result in run.results.items():
+        protocols[protocol] = {
+            "summary": result.summary(),
+            "intervals": _intervals(result, settings.seed),
+            "by_group": {
+                column: json.loads(result.by_group(column).round(5).to_json(orient="index"))
+                for column in GROUPS
+            },
+        }
+    blender = run.blender
+    return {
+        "k": settings.eval_k,
+        "protocol": settings.eval_protocol,
+        "split": run.split,
+        "customers": run.customers,
+        "models": run.model_names,
+        "seed": settings.seed,
+        "bundle": None if run.export is None else run.export.__dict__,
+        "blend": {
+            "global": dict(
+                zip(run.model_names, blender.global_weights_.round(4).tolist(), strict=True)
+            ),
+            "segments": {
+                str(s): dict(zip(run.model_names, w.round(4).tolist(), strict=True))
+                for s, w in zip(
+                    blender.segment_ids_.tolist(), blender.segment_weights_, strict=True
+                )
+            },
+            "backed_off_to_global": blender.backed_off_,
+            "validation_customers": blender.validation_customers_,
+            "validation_ndcg": blender.validation_ndcg_,
+            "min_customers": blender.min_customers,
+        },
+        "protocols": protocols,
+        "seconds": run.seconds,
+    }
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
+    intervals = report["protocols"][protocol]["intervals"]
+    names = list(intervals)
+    means = [intervals[n]["ndcg"]["estimate"] for n in names]
+    low = [m - intervals[n]["ndcg"]["low"] for n, m in zip(names, means, strict=True)]
+    high = [intervals[n]["ndcg"]["high"] - m for n, m in zip(names, means, strict=True)]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    colours = ["tab:red" if n == BLEND else "tab:blue" for n in names]
+    ax.bar(names, means, yerr=[low, high], color=colours, capsize=3)
+    ax.set_ylabel(f"NDCG@{report['k']} (95% bootstrap interval)")
+    ax.set_title(f"{protocol}: every model, the blend and the baselines")
+    ax.tick_params(axis="x", rotation=30)
+    return _png(fig)
+
+
+def _by_segment(report: dict[str, Any], protocol: str) -> str:
+    table = report["protocols"][protocol]["by_group"]["segment_name"]
+    segments = list(table)
+    models = [m for m in table[segments[0]] if m != "n_customers"]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / len(models)
+    for j, model in enumerate(models):
+        ax.bar(
+            np.arange(len(segments)) + j * width,
+            [table[s][model] or 0 for s in segments],
+            width,
+            label=model,
+            color="tab:red" if model == BLEND else None,
+        )
+    ax.set_xticks(
+        np.arange(len(segments)) + 0.4,
+        [f"{s} ({table[s]['n_customers']})" for s in segments],
+        rotation=20,
+    )
+    ax.set_ylabel(f"NDCG@{report['k']}")
+    ax.set_title(f"{protocol}: NDCG per segment")
+    ax.legend(fontsize=7, ncol=4)
+    return _png(fig)
+
+
+def _blend_weights(report: dict[str, Any]) -> str:
+    rows = {**report["blend"]["segments"], "global": report["blend"]["global"]}
+    models = report["models"]
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.45 * len(rows)))
+    left = np.zeros(len(rows))
+    for model in models:
+        values = np.array([rows[r][model] for r in rows])
+        ax.barh(list(rows), values, left=left, label=model)
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("weight")
+    ax.set_title(
+        "Blend weights per segment (backed off: "
+        + str(report["blend"]["backed_off_to_global"])
+        + ")"
+    )
+    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    return _png(fig)
+
+
+def _coverage(report: dict[str, Any], protocol: str) -> str:
+    summary = report["protocols"][protocol]["summary"]
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.bar(names, [summary[n]["coverage"] or 0 for n in names])
+    ax.set_ylabel("catalogue coverage")
+    ax.set_title(f"{protocol}: share of the catalogue recommended to someone")
+    ax.tick_params(axis="x", rotation=30)
+    return _png(fig)
+
+
+def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    report = report_dict(run, settings)
+    json_path = settings.reports_dir / "evaluation.json"
+    json_path.write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
+    figures = []
+    for protocol in report["protocols"]:
+        figures.append((f"{protocol}: accuracy", _bars_with_intervals(report, protocol)))
+        figures.append((f"{protocol}: per segment", _by_segment(report, protocol)))
+        figures.append((f"{protocol}: coverage", _coverage(report, protocol)))
+    figures.append(("Blend weights", _blend_weights(report)))
+    tables = ""
+    for protocol, body in report["protocols"].items():
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{(s['means'].get(m) or 0):.4f}</td>" for m in HEADLINE)
+            + f"<td>{(s['coverage'] or 0):.3f}</td></tr>"
+            for name, s in body["summary"].items()
+        )
+        tables += (
+            f"<h2>{protocol}</h2><table><tr><th>model</th>"
+            + "".join(f"<th>{m}@{report['k']}</th>" for m in HEADLINE)
+            + f"<th>coverage</th></tr>{rows}</table>"
+        )
+    header = {key: report[key] for key in ("split", "customers", "bundle")}
+    images = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{p}'/>" for t, p in figures)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>segrec evaluation</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:3px 8px;"
+        "border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>"
+        f"<h1>Evaluation ({html.escape(report['protocol'])} protocol, k={report['k']})</h1>"
+        f"<pre>{html.escape(json.dumps(header, indent=2, default=str))}</pre>"
+        f"{tables}{images}</body></html>"
+    )
+    html_path = settings.reports_dir / "evaluation.html"
+    html_path.write_text(page)
+    return json_path, html_path

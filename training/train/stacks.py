@@ -1,0 +1,75 @@
+"""The models of a training run, and their scores for many customers at once.
+
+A *stack* holds, for each customer, every model's normalised scores over the catalogue:
+shape (customers, models, items). Blend fitting and evaluation both rank from it, so
+every model and the blend are judged on exactly the same customers and candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segrec.settings import Settings
+from training.models.als import ALS
+from training.models.base import Recommender
+from training.models.blend import normalise
+from training.models.buy_again import BuyAgain
+from training.models.category_popularity import CategoryPopularity
+from training.models.content import Content
+from training.models.interactions import Interactions
+from training.models.popularity import Popularity
+from training.models.svd import SVD
+
+EXCLUDED = -1.0  # below any normalised (0..1) or blended score
+
+
+def make_models(settings: Settings) -> dict[str, Recommender]:
+    """Every model the blend chooses from, by name (seeded)."""
+    return {
+        "popularity": Popularity(),
+        "segment_popularity": Popularity(by_segment=True),
+        "trending": Popularity(half_life_days=settings.trending_half_life_days),
+        "category_popularity": CategoryPopularity(),
+        "buy_again": BuyAgain(),
+        "svd": SVD(random_state=settings.seed),
+        "als": ALS(random_state=settings.seed),
+        "content": Content(random_state=settings.seed),
+    }
+
+
+def fit_models(models: dict[str, Recommender], data: Interactions) -> dict[str, Recommender]:
+    for model in models.values():
+        model.fit(data)
+    return models
+
+
+def score_stack(
+    models: dict[str, Recommender], data: Interactions, customers: np.ndarray
+) -> np.ndarray:
+    """Normalised scores (customers, models, items) of customer indices (-1 = unknown)."""
+    stack = np.empty((len(customers), len(models), data.n_items))
+    for row, customer in enumerate(customers):
+        raw = np.vstack([model.score(int(customer)) for model in models.values()])
+        stack[row] = normalise(raw)
+    return stack
+
+
+def seen_mask(data: Interactions, customers: np.ndarray) -> np.ndarray:
+    """(customers, items): items each customer interacted with in training."""
+    mask = np.zeros((len(customers), data.n_items), dtype=bool)
+    for row, customer in enumerate(customers):
+        if customer >= 0:
+            mask[row, data.items_of(int(customer))] = True
+    return mask
+
+
+def relevant_mask(held: list[np.ndarray], n_items: int) -> np.ndarray:
+    mask = np.zeros((len(held), n_items), dtype=bool)
+    for row, items in enumerate(held):
+        mask[row, items] = True
+    return mask
+
+
+def exclude(stack: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The stack with masked items pushed below everything for every model."""
+    return np.where(mask[:, None, :], EXCLUDED, stack)
