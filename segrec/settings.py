@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     blend_max_seconds: float = Field(
         60.0, gt=0, description="Time budget for fitting all blend weights."
     )
+    search_max_seconds: float = Field(
+        90.0,
+        ge=0,
+        description="Time budget of the ALS and SVD hyperparameter search on validation "
+        "(0 = keep the defaults).",
+    )
     trending_half_life_days: float = Field(
         14.0, gt=0, description="Half-life of the trending popularity model."
     )

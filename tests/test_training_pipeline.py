@@ -33,6 +33,7 @@ def trained(
         segment_k=6,
         segment_bootstrap_rounds=2,
         blend_max_seconds=10.0,
+        search_max_seconds=8.0,
         bentoml_home=root / "bentoml",
     )
     run_segmentation(settings, online=False, progress=False)
@@ -61,6 +62,13 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
     assert set(new_items["intervals"]["als"]["blend_minus_model"]) >= {"estimate", "low", "high"}
     assert {"segment_name", "lifecycle", "cold_start"} == set(new_items["by_group"])
     assert report["blend"]["global"] and report["split"]["protocol"] == "temporal"
+    search = report["hyperparameter_search"]
+    # The defaults are always tried first, so the search never does worse than them.
+    for model in ("als", "svd"):
+        trials = search["trials"][model]
+        assert trials and max(t["ndcg"] for t in trials) >= trials[0]["ndcg"]
+        best = max(trials, key=lambda t: t["ndcg"])["params"]
+        assert search["best"][model] == best
     assert html_path.read_text().count("data:image/png;base64,") >= 7
 
 

@@ -25,6 +25,7 @@ from training.models.interactions import Interactions
 from training.models.scoring import EVENT_TYPES
 from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
 from training.train.export import Export, export
+from training.train.search import SearchResult, search
 from training.train.stacks import (
     exclude,
     fit_models,
@@ -46,6 +47,7 @@ class TrainingRun:
     split: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
     export: Export | None = None
+    search: SearchResult = field(default_factory=SearchResult)
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -116,6 +118,23 @@ def run_training(
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
     _, val_index, val_held = _held(split.validation, train, new_items_only=True, known_only=True)
+    val_relevant = relevant_mask(val_held, train.n_items)
+    val_n_relevant = np.array([len(h) for h in val_held])
+    tuned = SearchResult()
+    if settings.search_max_seconds > 0:
+        tuned = search(
+            models,
+            train,
+            val_index,
+            val_relevant,
+            val_n_relevant,
+            k=settings.eval_k,
+            seed=settings.seed,
+            max_seconds=settings.search_max_seconds,
+        )
+        for name, params in tuned.best.items():
+            models[name] = models[name].set_params(**params).fit(train)
+        lap("search")
     val_stack = exclude(score_stack(models, train, val_index), seen_mask(train, val_index))
     blender = SegmentBlender(
         k=settings.eval_k,
@@ -123,15 +142,15 @@ def run_training(
         max_seconds=settings.blend_max_seconds,
     ).fit(
         val_stack,
-        relevant_mask(val_held, train.n_items),
-        np.array([len(h) for h in val_held]),
+        val_relevant,
+        val_n_relevant,
         train.segments[val_index] if train.segments is not None else np.zeros(len(val_index)),
     )
     lap("fit_blend")
 
     # 2. Refit on the whole training side and evaluate on the test side.
     before = _interactions(split.test, products, segment_of)
-    models = fit_models(make_models(settings), before)
+    models = fit_models(make_models(settings, tuned.best), before)
     lap("fit_for_test")
     results = {}
     for protocol, new_only in (("new_items", True), ("repeats_allowed", False)):
@@ -160,7 +179,7 @@ def run_training(
             reference_time=pd.Timestamp(events["ts"].max()),
             segments=segment_of,
         )
-        final = fit_models(make_models(settings), everything)
+        final = fit_models(make_models(settings, tuned.best), everything)
         lap("fit_for_export")
         exported = export(settings, final, everything, blender, {"ndcg_at_k": _headline(results)})
         lap("export")
@@ -176,6 +195,7 @@ def run_training(
         split=split.summary(),
         seconds=timer,
         export=exported,
+        search=tuned,
     )
 
 

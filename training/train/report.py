@@ -87,6 +87,11 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "validation_ndcg": blender.validation_ndcg_,
             "min_customers": blender.min_customers,
         },
+        "hyperparameter_search": {
+            "best": run.search.best,
+            "trials": run.search.trials,
+            "seconds": run.search.seconds,
+        },
         "protocols": protocols,
         "seconds": run.seconds,
     }

@@ -7,6 +7,8 @@ every model and the blend are judged on exactly the same customers and candidate
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from segrec.settings import Settings
@@ -23,9 +25,12 @@ from training.models.svd import SVD
 EXCLUDED = -1.0  # below any normalised (0..1) or blended score
 
 
-def make_models(settings: Settings) -> dict[str, Recommender]:
-    """Every model the blend chooses from, by name (seeded)."""
-    return {
+def make_models(
+    settings: Settings, params: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Recommender]:
+    """Every model the blend chooses from, by name (seeded), with ``params`` (from the
+    hyperparameter search) set on the models they name."""
+    models: dict[str, Recommender] = {
         "popularity": Popularity(),
         "segment_popularity": Popularity(by_segment=True),
         "trending": Popularity(half_life_days=settings.trending_half_life_days),
@@ -35,6 +40,9 @@ def make_models(settings: Settings) -> dict[str, Recommender]:
         "als": ALS(random_state=settings.seed),
         "content": Content(random_state=settings.seed),
     }
+    for name, chosen in (params or {}).items():
+        models[name].set_params(**chosen)
+    return models
 
 
 def fit_models(models: dict[str, Recommender], data: Interactions) -> dict[str, Recommender]:
