@@ -12,6 +12,7 @@ import pandas as pd
 from training.evaluation.metrics import RunMetrics, evaluate_run
 from training.models.blend import weights_for
 from training.models.blend_fit import SegmentBlender
+from training.models.filters import FilterRules
 from training.train.stacks import EXCLUDED
 
 BLEND = "blend"
@@ -38,11 +39,26 @@ class RankingResult:
         return table
 
 
-def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per customer the k best items, best first; excluded items never appear."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+def _top_k(
+    scores: np.ndarray,
+    k: int,
+    rules: FilterRules | None = None,
+    bought: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Per customer the k best items, best first; excluded items never appear. With
+    ``rules``, the business filters apply as in serving: stock, already bought (per
+    category), and the diversity cap."""
+    if rules is not None:
+        histories = bought if bought is not None else [np.zeros(0, np.int64)] * len(scores)
+        allowed = np.vstack([rules.allowed(b) for b in histories])
+        scores = np.where(allowed, scores, EXCLUDED)
+    depth = k if rules is None or rules.max_per_category <= 0 else min(scores.shape[1], 4 * k)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
     kept = np.take_along_axis(scores, order, axis=1) > EXCLUDED
-    return [row[mask] for row, mask in zip(order, kept, strict=True)]
+    lists = [row[mask] for row, mask in zip(order, kept, strict=True)]
+    if rules is None:
+        return [row[:k] for row in lists]
+    return [rules.diversify(row, k) for row in lists]
 
 
 def blended_scores(stack: np.ndarray, blender: SegmentBlender, segments: np.ndarray) -> np.ndarray:
@@ -69,6 +85,8 @@ def evaluate_rankings(
     k: int,
     seed: int,
     popularity: np.ndarray | None = None,
+    rules: FilterRules | None = None,
+    bought: list[np.ndarray] | None = None,
 ) -> RankingResult:
     ids = groups["customer_id"].astype(str).tolist()
     held = {c: np.flatnonzero(row) for c, row in zip(ids, relevant, strict=True)}
@@ -79,7 +97,7 @@ def evaluate_rankings(
     rankings[RANDOM] = np.where((stack <= EXCLUDED).all(axis=1), EXCLUDED, noise)
     runs = {
         name: evaluate_run(
-            dict(zip(ids, _top_k(scores, k), strict=True)),
+            dict(zip(ids, _top_k(scores, k, rules, bought), strict=True)),
             held,
             k,
             n_items=stack.shape[2],

@@ -22,9 +22,12 @@ from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
 from segrec.settings import Settings
 from training.features.inputs import price_bands
 from training.models.base import Recommender
+from training.models.blend import weights_for
 from training.models.blend_fit import SegmentBlender
+from training.models.filters import FilterRules
 from training.models.interactions import Interactions
 from training.segmentation.versioning import load_current
+from training.train.stacks import COLD_START
 
 EMBEDDINGS_FILE = "customer_embeddings.parquet"
 EMBEDDING_VIEW = "customer_embedding"
@@ -49,7 +52,7 @@ class Export:
     customers_written: int
 
 
-def _items_group(
+def items_and_filters(
     data: Interactions, settings: Settings
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     products = data.products
@@ -74,6 +77,16 @@ def _items_group(
     return items, filters
 
 
+def filter_rules(data: Interactions, settings: Settings) -> FilterRules:
+    items, filters = items_and_filters(data, settings)
+    return FilterRules(
+        in_stock=items["in_stock"],
+        category=items["category"],
+        repeat_category=filters["repeat_category"],
+        max_per_category=int(filters["max_per_category"]),
+    )
+
+
 def _next_bundle_version(settings: Settings) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"bundle-{stamp}"
@@ -90,7 +103,7 @@ def build_bundle(
     if segment_model is None:
         raise FileNotFoundError("no segment model: run `make segments` before `make train`")
     version = _next_bundle_version(settings)
-    items, filters = _items_group(data, settings)
+    items, filters = items_and_filters(data, settings)
     arrays: dict[str, dict[str, np.ndarray]] = {"items": items, "filters": filters}
     for name, model in models.items():
         group = {k: np.asarray(v) for k, v in model.export_arrays().items()}
@@ -103,6 +116,10 @@ def build_bundle(
         "weights": np.vstack([blender.segment_weights_[rows], blender.global_weights_]),
         "segment_ids": blender.segment_ids_[rows].astype(np.int64),
         "models": unicode_ids(list(models)),
+        # Customers with fewer than COLD_START_EVENTS events use these, whatever their segment.
+        "cold_weights": weights_for(
+            COLD_START, blender.segment_ids_, blender.segment_weights_, blender.global_weights_
+        ),
     }
     popularity = models["popularity"].export_arrays()["item_scores"]
     segment_rows = models["segment_popularity"].export_arrays()["segment_scores"]

@@ -24,9 +24,11 @@ from training.models.blend_fit import SegmentBlender
 from training.models.interactions import Interactions
 from training.models.scoring import EVENT_TYPES
 from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
-from training.train.export import Export, export
+from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search
 from training.train.stacks import (
+    COLD_START,
+    COLD_START_EVENTS,
     exclude,
     fit_models,
     make_models,
@@ -36,6 +38,20 @@ from training.train.stacks import (
 )
 
 SEGMENTS_FILE = "customer_segments.parquet"
+
+
+def _blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
+    """Each customer's blend group: their segment, or COLD_START with little history (a
+    segment's weights are fitted on customers the models know; cold-start customers get
+    weights fitted on cold-start customers)."""
+    history = np.diff(data.indptr)
+    known = customers >= 0
+    segment = np.full(len(customers), -1, dtype=np.int64)
+    if data.segments is not None:
+        segment[known] = data.segments[customers[known]]
+    events = np.zeros(len(customers), dtype=np.int64)
+    events[known] = history[customers[known]]
+    return np.where(events < COLD_START_EVENTS, COLD_START, segment)
 
 
 @dataclass
@@ -117,7 +133,7 @@ def run_training(
     train = _interactions(split.validation, products, segment_of)
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
-    _, val_index, val_held = _held(split.validation, train, new_items_only=True, known_only=True)
+    _, val_index, val_held = _held(split.validation, train, new_items_only=True, known_only=False)
     val_relevant = relevant_mask(val_held, train.n_items)
     val_n_relevant = np.array([len(h) for h in val_held])
     tuned = SearchResult()
@@ -144,7 +160,7 @@ def run_training(
         val_stack,
         val_relevant,
         val_n_relevant,
-        train.segments[val_index] if train.segments is not None else np.zeros(len(val_index)),
+        _blend_groups(train, val_index),
     )
     lap("fit_blend")
 
@@ -153,7 +169,13 @@ def run_training(
     models = fit_models(make_models(settings, tuned.best), before)
     lap("fit_for_test")
     results = {}
-    for protocol, new_only in (("new_items", True), ("repeats_allowed", False)):
+    rules = filter_rules(before, settings)
+    views = (
+        ("new_items", True, False),
+        ("repeats_allowed", False, False),
+        ("filtered", False, True),
+    )
+    for protocol, new_only, filtered in views:
         ids, index, held = _held(split.test, before, new_items_only=new_only, known_only=False)
         stack = score_stack(models, before, index)
         if new_only:
@@ -165,10 +187,12 @@ def run_training(
             popularity=_popularity(before),
             model_names=list(models),
             blender=blender,
-            segments=groups["segment"].to_numpy(),
+            segments=_blend_groups(before, index),
             groups=groups,
             k=settings.eval_k,
             seed=settings.seed,
+            rules=rules if filtered else None,
+            bought=[_bought(before, i) for i in index] if filtered else None,
         )
     lap("evaluate")
     exported = None
@@ -197,6 +221,10 @@ def run_training(
         export=exported,
         search=tuned,
     )
+
+
+def _bought(data: Interactions, customer: int) -> np.ndarray:
+    return data.items_of(int(customer), ("purchase",)) if customer >= 0 else np.zeros(0, np.int64)
 
 
 def _headline(results: dict[str, RankingResult]) -> dict[str, float]:
@@ -233,6 +261,3 @@ def _groups(
             }
         )
     return rows
-
-
-COLD_START_EVENTS = 5  # fewer training events than this: a cold-start customer
