@@ -202,3 +202,12 @@ def test_tampered_or_missing_model_files_are_refused(tmp_path: Path) -> None:
     arrays.write_bytes(arrays.read_bytes()[:-10])
     with pytest.raises(SegmentModelError, match="checksum"):
         SegmentModel.load(directory)
+
+
+def test_a_feature_nobody_has_weighs_nothing() -> None:
+    frame = _frame(np.random.default_rng(3))
+    frame["price_share"] = np.nan  # e.g. price bands in ratings-only data
+    pre = SegmentPreprocessor(numeric=("spend", "share", "price_share")).fit(frame)
+    assert pre.unobserved_ == ["price_share"]
+    space = pre.transform(frame)
+    assert np.isfinite(space).all() and (space[:, 2] == 0).all()

@@ -227,11 +227,21 @@ def run_segmentation(
         random_state=settings.seed,
     )
     timer.lap("stability")
-    outliers = DensityOutlierDetector(
-        min_cluster_size=max(25, min(len(X), settings.segment_sample_rows) // 200),
-        sample_rows=settings.segment_sample_rows,
-        random_state=settings.seed,
-    ).fit(X)
+    try:
+        outlier = (
+            DensityOutlierDetector(
+                min_cluster_size=max(25, min(len(X), settings.segment_sample_rows) // 200),
+                sample_rows=settings.segment_sample_rows,
+                random_state=settings.seed,
+            )
+            .fit(X)
+            .labels_
+            < 0
+        )
+    except ValueError:
+        # No dense region at all (e.g. features that barely vary): flag nobody rather
+        # than fail the segmentation, which does not depend on it.
+        outlier = np.zeros(len(X), dtype=bool)
     timer.lap("outliers")
 
     profiles = profile_segments(
@@ -258,7 +268,7 @@ def run_segmentation(
         **geometry,
     )
     segment_ids, probability, _ = model.assign_space(X)
-    assignments = _assignments(frame, segment_ids, probability, model, outliers.labels_ < 0)
+    assignments = _assignments(frame, segment_ids, probability, model, outlier)
     run = SegmentationRun(
         model=model,
         inputs=inputs,

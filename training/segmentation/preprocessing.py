@@ -96,8 +96,12 @@ class SegmentPreprocessor(TransformerMixin, BaseEstimator):
         if self.scaler not in ("auto", "standard", "robust"):
             raise ValueError(f"scaler must be auto, standard or robust, not {self.scaler!r}")
         values = self._numeric_matrix(frame)
-        fill = np.nanmedian(values, axis=0)
-        fill = np.where(np.isfinite(fill), fill, 0.0)
+        observed = np.isfinite(values).any(axis=0)
+        self.unobserved_ = [n for n, seen in zip(self.numeric, observed, strict=True) if not seen]
+        # A feature nobody has (e.g. price bands in ratings-only data) fills with 0 and,
+        # being constant, weighs nothing.
+        fill = np.zeros(len(self.numeric))
+        fill[observed] = np.nanmedian(values[:, observed], axis=0)
         filled = np.where(np.isfinite(values), values, fill)
         if self.log == "auto":
             logged = (filled.min(axis=0) >= 0) & (
