@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from segrec.settings import Settings
+from training.evaluation.metrics import mae, rmse
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
+from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender
 from training.models.interactions import Interactions
 from training.models.scoring import EVENT_TYPES
@@ -64,6 +66,7 @@ class TrainingRun:
     seconds: dict[str, float] = field(default_factory=dict)
     export: Export | None = None
     search: SearchResult = field(default_factory=SearchResult)
+    rating_errors: dict[str, Any] | None = None
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -174,9 +177,18 @@ def run_training(
         ("new_items", True, False),
         ("repeats_allowed", False, False),
         ("filtered", False, True),
+        ("new_products", True, False),
     )
+    unseen_products = _popularity(before) == 0
     for protocol, new_only, filtered in views:
         ids, index, held = _held(split.test, before, new_items_only=new_only, known_only=False)
+        if protocol == "new_products":
+            # Products nobody interacted with in training: only content can find them.
+            held = [h[unseen_products[h]] for h in held]
+            keep = [i for i, h in enumerate(held) if len(h)]
+            if not keep:
+                continue
+            ids, index, held = [ids[i] for i in keep], index[keep], [held[i] for i in keep]
         stack = score_stack(models, before, index)
         if new_only:
             stack = exclude(stack, seen_mask(before, index))
@@ -195,6 +207,7 @@ def run_training(
             bought=[_bought(before, i) for i in index] if filtered else None,
         )
     lap("evaluate")
+    rating_errors = _rating_errors(models["svd"], before, split.test.held_out)
     exported = None
     if export_bundle:
         everything = Interactions.from_events(
@@ -220,7 +233,34 @@ def run_training(
         seconds=timer,
         export=exported,
         search=tuned,
+        rating_errors=rating_errors,
     )
+
+
+def _rating_errors(
+    svd: Recommender, data: Interactions, held_out: pd.DataFrame
+) -> dict[str, Any] | None:
+    """RMSE and MAE of the SVD model's predictions (clipped to 1..5) on held-out ratings
+    of known customers and products; None when the test side has no ratings."""
+    ratings = held_out[held_out["type"] == "rating"]
+    customer = data.customers.index(ratings["customer_id"].astype(object))
+    item = data.items.index(ratings["product_id"].astype(object))
+    known = (customer >= 0) & (item >= 0)
+    if not known.any():
+        return None
+    predicted = np.array(
+        [
+            svd.score(int(c), np.array([i]))[0]
+            for c, i in zip(customer[known], item[known], strict=True)
+        ]
+    )
+    actual = pd.to_numeric(ratings["value"], errors="coerce").to_numpy()[known]
+    return {
+        "ratings": int(known.sum()),
+        "feedback": getattr(svd, "feedback_", None),
+        "rmse": round(rmse(actual, np.clip(predicted, 1, 5)), 4),
+        "mae": round(mae(actual, np.clip(predicted, 1, 5)), 4),
+    }
 
 
 def _bought(data: Interactions, customer: int) -> np.ndarray:

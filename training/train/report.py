@@ -92,6 +92,7 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "trials": run.search.trials,
             "seconds": run.search.seconds,
         },
+        "rating_errors": run.rating_errors,
         "protocols": protocols,
         "seconds": run.seconds,
     }
