@@ -17,9 +17,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from segrec.scoring import CustomerState, score_candidates
 from training.models.base import Recommender
 from training.models.interactions import Interactions
-from training.models.scoring import CustomerState, score_candidates
 
 GROUP_CUSTOMERS = 20
 GROUP_ITEMS = 15

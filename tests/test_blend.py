@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.models.blend import blend, normalise, weights_for
+from segrec.blend import blend, normalise, weights_for
+from segrec.filters import FilterRules
 from training.models.blend_fit import SegmentBlender, ndcg_at_k
-from training.models.filters import FilterRules
 
 
 def _case(rng: np.random.Generator, n: int, informative: int, n_models: int = 3):

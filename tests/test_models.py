@@ -14,6 +14,14 @@ import pytest
 from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
+from segrec.scoring import (
+    EVENT_TYPES,
+    CustomerState,
+    als_confidence,
+    als_fold_in,
+    score_candidates,
+    top_k,
+)
 from tests.conftest import Dataset
 from tests.recommender_contract import (
     GROUP_ITEMS,
@@ -35,14 +43,6 @@ from training.models.interactions import (
     temporal_split,
 )
 from training.models.popularity import Popularity
-from training.models.scoring import (
-    EVENT_TYPES,
-    CustomerState,
-    als_confidence,
-    als_fold_in,
-    score_candidates,
-    top_k,
-)
 from training.models.svd import SVD
 
 SEED = 42
@@ -308,7 +308,7 @@ def test_fold_in_solves_the_weighted_least_squares() -> None:
 def test_scoring_imports_numpy_only() -> None:
     """Serving installs no pandas, scikit-learn, Surprise or implicit."""
     code = (
-        "import sys, training.models.scoring; "
+        "import sys, segrec.scoring; "
         "print(sorted({'pandas', 'sklearn', 'surprise', 'implicit', 'scipy'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

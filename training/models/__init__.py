@@ -5,9 +5,10 @@
 - ``base``: ``Recommender``, the scikit-learn-style contract every model follows.
 - Models: ``popularity.Popularity`` (global, per segment, trending),
   ``buy_again.BuyAgain``, ``svd.SVD`` (Surprise), ``als.ALS`` (implicit),
-  ``content.Content`` (scikit-learn).
-- ``scoring``: numpy-only scoring and ALS fold-in from exported arrays, for serving too.
+  ``content.Content`` (scikit-learn), ``category_popularity.CategoryPopularity``.
+- ``blend_fit``: blend weights per segment.
 
-Import from the modules: this package imports nothing, so ``training.models.scoring``
-loads with numpy alone.
+Scoring from exported arrays (and ALS fold-in), blending and the business filters are
+numpy-only and live in ``segrec.scoring``, ``segrec.blend`` and ``segrec.filters``, which
+serving imports too.
 """

@@ -7,7 +7,7 @@ takes the customer x item matrix in ``fit`` (passing the transpose would silentl
 the factor shapes, implicit issues #655 and #742); the fitted factor shapes are checked.
 
 Customers unknown at training time, or with new events, are folded in with
-:func:`training.models.scoring.als_fold_in`: the exact least-squares step of implicit's
+:func:`segrec.scoring.als_fold_in`: the exact least-squares step of implicit's
 ``recalculate_user``, in numpy, from the exported item factors.
 """
 
@@ -27,9 +27,9 @@ from implicit.cpu.als import AlternatingLeastSquares
 from sklearn.utils import check_random_state, check_scalar
 from threadpoolctl import threadpool_limits
 
+from segrec.scoring import bm25_confidence, similar_by_vectors
 from training.models.base import Recommender
 from training.models.interactions import EventWeights, Interactions
-from training.models.scoring import bm25_confidence, similar_by_vectors
 
 WEIGHTINGS = ("bm25", "log", "none")
 
@@ -49,7 +49,7 @@ class ALS(Recommender):
         Multiplies every confidence after weighting (implicit's ``alpha``).
     weighting : {"bm25", "log", "none"}, default="none"
         Scaling of the summed event weights ``x``: BM25 with items as documents (as in
-        implicit's examples, see :func:`~training.models.scoring.bm25_confidence`),
+        implicit's examples, see :func:`~segrec.scoring.bm25_confidence`),
         ``log1p(x)``, or ``x`` unchanged.
     bm25_k1 : float, default=100.0
         BM25 saturation ``K1``.

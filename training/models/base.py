@@ -5,7 +5,7 @@ unchanged in ``__init__`` (so ``get_params``, ``set_params`` and ``clone`` work)
 validation in ``fit``, ``fit`` returns ``self``, learned state in attributes ending in
 ``_``, ``random_state`` stored as given and turned into a generator inside ``fit``.
 
-Scoring goes through :mod:`training.models.scoring` with the model's exported arrays,
+Scoring goes through :mod:`segrec.scoring` with the model's exported arrays,
 exactly as serving will, so ``export_arrays()`` is complete by construction and tested.
 """
 
@@ -19,14 +19,14 @@ import numpy.typing as npt
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from segrec.scoring import CustomerState, score_candidates, top_k
 from training.models.interactions import Interactions
-from training.models.scoring import CustomerState, score_candidates, top_k
 
 
 class Recommender(BaseEstimator, ABC):
     """Base class: fit on :class:`Interactions`, score candidates, recommend top-k.
 
-    Subclasses set ``kind`` (their scorer in :data:`training.models.scoring.SCORERS`)
+    Subclasses set ``kind`` (their scorer in :data:`segrec.scoring.SCORERS`)
     and implement ``_check_params``, ``_fit`` and ``export_arrays``; those with
     customer vectors also implement ``export_customer_arrays``.
 

@@ -10,9 +10,9 @@ import numpy.typing as npt
 import pandas as pd
 from sklearn.utils import check_scalar
 
+from segrec.scoring import PURCHASE, CustomerState
 from training.models.base import Recommender
 from training.models.interactions import Interactions
-from training.models.scoring import PURCHASE, CustomerState
 
 
 class BuyAgain(Recommender):

@@ -28,14 +28,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import OneHotEncoder, normalize
 from sklearn.utils import check_random_state, check_scalar
 
-from training.models.base import Recommender
-from training.models.interactions import EventWeights, Interactions
-from training.models.scoring import (
+from segrec.scoring import (
     CustomerState,
     content_profile,
     similar_by_vectors,
     top_k,
 )
+from training.models.base import Recommender
+from training.models.interactions import EventWeights, Interactions
 
 NEIGHBOUR_BLOCK = 1024
 

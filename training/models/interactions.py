@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.models.scoring import EVENT_TYPES, CustomerState, decay
+from segrec.scoring import EVENT_TYPES, CustomerState, decay
 
 DAY = pd.Timedelta(days=1)
 
@@ -113,7 +113,7 @@ class EventWeights:
     remove_from_cart: float = 0.0
 
     def as_array(self) -> np.ndarray:
-        """Weights indexed by event type code (:data:`~training.models.scoring.EVENT_TYPES`)."""
+        """Weights indexed by event type code (:data:`~segrec.scoring.EVENT_TYPES`)."""
         return np.array([getattr(self, name) for name in EVENT_TYPES], dtype=np.float64)
 
 

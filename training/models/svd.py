@@ -38,9 +38,9 @@ import pandas as pd
 import surprise
 from sklearn.utils import check_random_state, check_scalar
 
+from segrec.scoring import EVENT_TYPES, PURCHASE, similar_by_vectors
 from training.models.base import Recommender
 from training.models.interactions import Interactions
-from training.models.scoring import EVENT_TYPES, PURCHASE, similar_by_vectors
 
 RATING = EVENT_TYPES.index("rating")
 CART = EVENT_TYPES.index("add_to_cart")

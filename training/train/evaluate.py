@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segrec.blend import weights_for
+from segrec.filters import FilterRules
 from training.evaluation.metrics import RunMetrics, evaluate_run
-from training.models.blend import weights_for
 from training.models.blend_fit import SegmentBlender
-from training.models.filters import FilterRules
 from training.train.stacks import EXCLUDED
 
 BLEND = "blend"

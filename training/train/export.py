@@ -18,13 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segrec.blend import weights_for
 from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
+from segrec.filters import FilterRules
 from segrec.settings import Settings
 from training.features.inputs import price_bands
 from training.models.base import Recommender
-from training.models.blend import weights_for
 from training.models.blend_fit import SegmentBlender
-from training.models.filters import FilterRules
 from training.models.interactions import Interactions
 from training.segmentation.versioning import load_current
 from training.train.stacks import COLD_START

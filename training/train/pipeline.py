@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segrec.scoring import EVENT_TYPES
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender
 from training.models.interactions import Interactions
-from training.models.scoring import EVENT_TYPES
 from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
 from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from segrec.blend import normalise
 from segrec.settings import Settings
 from training.models.als import ALS
 from training.models.base import Recommender
-from training.models.blend import normalise
 from training.models.buy_again import BuyAgain
 from training.models.category_popularity import CategoryPopularity
 from training.models.content import Content

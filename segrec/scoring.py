@@ -1,8 +1,7 @@
 """Numpy-only scoring: the maths serving repeats at request time.
 
-This module imports numpy and the standard library only, so that it can move unchanged
-to the shared package that serving installs (serving has no scikit-learn, Surprise or
-implicit). Every recommender in :mod:`training.models` exports
+This module imports numpy and the standard library only: serving imports it (serving has
+no scikit-learn, Surprise or implicit). Every recommender in :mod:`training.models` exports
 
 - item-side arrays (``Recommender.export_arrays()``, shipped in the bundle), and
 - customer-side arrays (``Recommender.export_customer_arrays()``, one row per customer,

@@ -1,7 +1,7 @@
 """Blending model scores: normalise each model's scores over the candidates, then a
 weighted sum, keeping each model's contribution (why an item is there).
 
-Numpy only, like :mod:`training.models.scoring`, so serving applies the very same blend.
+Numpy only, like :mod:`segrec.scoring`, so serving applies the very same blend.
 
 Normalisation is min-max per model over one customer's candidates: models score on
 incomparable scales (a popularity count, a dot product, a cosine), and only the order and
