@@ -35,7 +35,8 @@ def test_each_segment_gets_the_model_that_knows_it() -> None:
     assert weights[8].argmax() == 2 and weights[8][2] >= 0.5
     assert blender.backed_off_ == [9]
     np.testing.assert_array_equal(weights[9], blender.global_weights_)
-    assert blender.validation_ndcg_[7] == pytest.approx(1.0)
+    # Shrunk a little towards the global weights (80 customers, min 30), still near perfect.
+    assert blender.validation_ndcg_[7] > 0.95
     np.testing.assert_allclose(blender.segment_weights_.sum(axis=1), 1.0)
     unknown = weights_for(
         99, blender.segment_ids_, blender.segment_weights_, blender.global_weights_

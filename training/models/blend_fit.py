@@ -8,8 +8,10 @@ weights, so a model is only moved when that measurably helps.
 
 Minimum-data rule: a segment is fitted on its own only when it has at least
 ``min_customers`` validation customers with a held-out item; otherwise it uses the global
-weights (fitted on every validation customer), and ``backed_off_`` says so. Small
-segments would otherwise get weights fitted to noise.
+weights (fitted on every validation customer), and ``backed_off_`` says so. A fitted
+segment starts from the global weights and its result is shrunk towards them by
+``n / (n + min_customers)`` for its ``n`` customers. Small segments would otherwise get
+weights fitted to noise.
 
 Examples
 --------
@@ -82,10 +84,15 @@ class SegmentBlender(BaseEstimator):
         self.max_seconds = max_seconds
 
     def _search(
-        self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, deadline: float
+        self,
+        stack: np.ndarray,
+        relevant: np.ndarray,
+        n_relevant: np.ndarray,
+        deadline: float,
+        start: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         n_models = stack.shape[1]
-        weights = np.full(n_models, 1.0 / n_models)
+        weights = np.full(n_models, 1.0 / n_models) if start is None else start.copy()
 
         def value(w: np.ndarray) -> float:
             return float(
@@ -152,10 +159,24 @@ class SegmentBlender(BaseEstimator):
                 weights.append(self.global_weights_)
                 self.backed_off_.append(int(segment))
                 continue
-            fitted, ndcg = self._search(
-                stack[chosen], relevant[chosen], n_relevant[chosen], deadline
+            fitted, _ = self._search(
+                stack[chosen], relevant[chosen], n_relevant[chosen], deadline, self.global_weights_
             )
-            weights.append(fitted)
-            self.validation_ndcg_[int(segment)] = round(ndcg, 4)
+            # Shrink towards the global weights by how much data the segment has: a segment
+            # just over the minimum is mostly global, a large one mostly its own.
+            share = chosen.sum() / (chosen.sum() + self.min_customers)
+            final = share * fitted + (1 - share) * self.global_weights_
+            weights.append(final)
+            self.validation_ndcg_[int(segment)] = round(
+                float(
+                    ndcg_at_k(
+                        np.einsum("m,cmi->ci", final, stack[chosen]),
+                        relevant[chosen],
+                        n_relevant[chosen],
+                        self.k,
+                    ).mean()
+                ),
+                4,
+            )
         self.segment_weights_ = np.vstack(weights) if weights else np.zeros((0, stack.shape[1]))
         return self
