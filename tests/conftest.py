@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from segrec.settings import Settings
+from segrec.settings import PROJECT_ROOT, Settings
 from training.data.pipeline import CleanSummary, clean_dataset
 from training.data.raw import RawDataset
 from training.data.synthetic.generator import generate
@@ -60,3 +61,44 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """The small synthetic storefront (5k customers): enough for structure statistics."""
     return _build(tmp_path_factory.mktemp("small"), "small")
+
+
+def prepare_feast(root: Path, dataset: Dataset, **overrides: object) -> Settings:
+    """A copy of the feature repo and of ``dataset``'s clean and raw data under ``root``,
+    with features built, applied and loaded online (SQLite)."""
+    import shutil
+
+    from training.features.build import build_features
+    from training.features.materialize import apply_and_materialise
+
+    settings = make_settings(root, feast_repo=root / "feature_repo", **overrides)
+    shutil.copytree(
+        PROJECT_ROOT / "feature_repo",
+        settings.feast_repo,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copytree(dataset.settings.clean_dir, settings.clean_dir)
+    shutil.copytree(dataset.settings.raw_dir, settings.raw_dir)
+    build_features(settings, progress=False)
+    apply_and_materialise(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def trained_small(tmp_path_factory: pytest.TempPathFactory, small: Dataset) -> tuple[Settings, Any]:
+    """The small storefront segmented (k = 6), trained, evaluated and exported."""
+    from training.segmentation.pipeline import run_segmentation
+    from training.train.pipeline import run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    settings = prepare_feast(
+        root,
+        small,
+        segment_k=6,
+        segment_bootstrap_rounds=2,
+        blend_max_seconds=10.0,
+        search_max_seconds=8.0,
+        bentoml_home=root / "bentoml",
+    )
+    run_segmentation(settings, progress=False)
+    return settings, run_training(settings)

@@ -4,7 +4,6 @@ the SQLite online store, the numpy model and the reports."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,9 @@ import pytest
 
 from segrec.feature_store import open_store
 from segrec.segment_model import SegmentModel
-from segrec.settings import PROJECT_ROOT, Settings
-from tests.conftest import Dataset, make_settings
-from training.features.build import build_features
+from segrec.settings import Settings
+from tests.conftest import Dataset, prepare_feast
 from training.features.history import features_as_of, historical_features
-from training.features.materialize import apply_and_materialise
 from training.segmentation.pipeline import SegmentationRun, run_segmentation, update_segments
 from training.segmentation.report import write_reports
 
@@ -26,17 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def _prepare(root: Path, dataset: Dataset, **overrides: Any) -> Settings:
-    settings = make_settings(root, feast_repo=root / "feature_repo", **overrides)
-    shutil.copytree(
-        PROJECT_ROOT / "feature_repo",
-        settings.feast_repo,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    shutil.copytree(dataset.settings.clean_dir, settings.clean_dir)
-    shutil.copytree(dataset.settings.raw_dir, settings.raw_dir)
-    build_features(settings, progress=False)
-    apply_and_materialise(settings)
-    return settings
+    return prepare_feast(root, dataset, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -12,32 +12,16 @@ import pytest
 from segrec.bundle import load_from_bentoml, read_bundle
 from segrec.feature_store import open_store
 from segrec.settings import Settings
-from tests.conftest import Dataset
-from tests.test_segmentation_pipeline import _prepare
-from training.segmentation.pipeline import run_segmentation
 from training.train.evaluate import BLEND, RANDOM
-from training.train.pipeline import TrainingRun, run_training
+from training.train.pipeline import TrainingRun
 from training.train.report import write_reports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def trained(
-    tmp_path_factory: pytest.TempPathFactory, small: Dataset
-) -> tuple[Settings, TrainingRun]:
-    root = tmp_path_factory.mktemp("train")
-    settings = _prepare(
-        root,
-        small,
-        segment_k=6,
-        segment_bootstrap_rounds=2,
-        blend_max_seconds=10.0,
-        search_max_seconds=8.0,
-        bentoml_home=root / "bentoml",
-    )
-    run_segmentation(settings, online=False, progress=False)
-    return settings, run_training(settings)
+def trained(trained_small: tuple[Settings, TrainingRun]) -> tuple[Settings, TrainingRun]:
+    return trained_small
 
 
 def test_every_model_and_the_blend_are_measured_on_the_same_customers(

@@ -1,0 +1,147 @@
+"""The request path on a real exported bundle and the real SQLite online store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segrec.bundle import read_bundle
+from segrec.feature_store import open_store
+from segrec.live_session import LiveEvent, LiveSessionWriter
+from segrec.online_features import OnlineFeatureReader
+from segrec.settings import Settings
+from serving.engine import RecommendationEngine
+from training.train.pipeline import TrainingRun
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine(trained_small: tuple[Settings, TrainingRun]) -> RecommendationEngine:
+    settings, run = trained_small
+    assert run.export is not None
+    store = open_store(settings)
+    # The synthetic data ends on 2026-11-01: judge ttl against the data, not the wall clock.
+    reader = OnlineFeatureReader(
+        store,
+        "customer_serving_v2",
+        "customer_id",
+        clock=lambda: dt.datetime(2026, 11, 5, tzinfo=dt.UTC),
+    )
+    return RecommendationEngine(read_bundle(Path(run.export.bundle_dir)), reader)
+
+
+def _segments(settings: Settings) -> pd.DataFrame:
+    return pd.read_parquet(settings.features_dir / "customer_segments.parquet")
+
+
+def test_a_known_customer_gets_a_personal_explained_carousel(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    settings, _ = trained_small
+    row = _segments(settings).iloc[0]
+    answer = engine.recommend(row["customer_id"], k=10)
+    assert answer.fallback is None, answer.missing_features
+    assert answer.segment is not None and answer.segment["id"] == row["segment_id"]
+    assert answer.segment["name"] == row["segment_name"]
+    assert answer.lifecycle_stage == row["lifecycle_stage"]
+    assert len(answer.items) == 10
+    scores = [item["score"] for item in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    for item in answer.items:
+        assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
+    categories = pd.Series(
+        [engine.category[engine.index_of[i["product_id"]]] for i in answer.items]
+    )
+    assert categories.value_counts().max() <= engine.rules.max_per_category
+    in_stock = engine.rules.in_stock[[engine.index_of[i["product_id"]] for i in answer.items]]
+    assert in_stock.all()
+
+
+def test_unknown_and_refusing_customers_fall_back_to_popularity(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    unknown = engine.recommend("c_never_seen_before", k=5)
+    assert unknown.fallback == "unknown_customer" and unknown.segment is None
+    assert len(unknown.items) == 5
+    assert all(set(i["contributions"]) <= {"popularity"} for i in unknown.items)
+    settings, _ = trained_small
+    features = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    refused = features.loc[~features["consent_personalisation"], "customer_id"].iloc[0]
+    answer = engine.recommend(refused, k=5)
+    assert answer.fallback == "no_consent" and answer.segment is None
+
+
+def test_exclusions_product_page_and_category(engine: RecommendationEngine) -> None:
+    first = engine.recommend("c_never_seen_before", k=5)
+    top = first.items[0]["product_id"]
+    again = engine.recommend("c_never_seen_before", k=5, exclude=[top])
+    assert top not in [i["product_id"] for i in again.items]
+    page = engine.recommend("c_never_seen_before", k=5, placement="product", product_id=top)
+    assert top not in [i["product_id"] for i in page.items]
+    name = str(engine.category_names[0])
+    only = engine.recommend("c_never_seen_before", k=5, category=name)
+    assert {engine.category[engine.index_of[i["product_id"]]] for i in only.items} == {0}
+
+
+def test_the_live_session_changes_the_next_answer(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    settings, _ = trained_small
+    row = _segments(settings).iloc[1]
+    before = engine.recommend(row["customer_id"], k=10, placement="cart")
+    carted = before.items[0]["product_id"]
+    categories = {
+        str(p): str(engine.category_names[c])
+        for p, c in zip(engine.product_ids, engine.category, strict=True)
+    }
+    writer = LiveSessionWriter(open_store(settings), categories, dt.timedelta(minutes=30))
+    writer.apply(
+        [
+            LiveEvent(
+                customer_id=row["customer_id"],
+                product_id=carted,
+                type="add_to_cart",
+                # Ten minutes before the reader's clock: inside the session view's 2 h ttl.
+                ts=dt.datetime(2026, 11, 4, 23, 50, tzinfo=dt.UTC),
+                price=10.0,
+                session_id="S-live-1",
+            )
+        ]
+    )
+    after = engine.recommend(row["customer_id"], k=10, placement="cart")
+    # The top item went into the cart: the cart carousel must not offer it again.
+    assert carted not in [i["product_id"] for i in after.items]
+    # And the session's category shifts the rest, rather than just closing the gap.
+    shifted = [i["product_id"] for i in before.items][1:]
+    assert [i["product_id"] for i in after.items][:9] != shifted
+
+
+def test_similar_items_share_the_product_s_category_mostly(engine: RecommendationEngine) -> None:
+    product = str(engine.product_ids[0])
+    similar = engine.similar(product, k=10)
+    assert len(similar) == 10 and product not in [s["product_id"] for s in similar]
+    same = [
+        engine.category[engine.index_of[s["product_id"]]] == engine.category[0] for s in similar
+    ]
+    assert np.mean(same) >= 0.5
+    with pytest.raises(KeyError, match="unknown product_id"):
+        engine.similar("P-nope")
+
+
+def test_serving_imports_no_training_library() -> None:
+    code = (
+        "import sys, serving.engine; "
+        "bad = [m for m in ('sklearn', 'surprise', 'implicit', 'training', 'pandera') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    importlib.import_module("serving.engine")
