@@ -19,6 +19,7 @@ FORMAT ?=
 MAP    ?=
 PYTEST_ARGS ?=
 UPDATE ?=
+PORT   ?= 3000
 
 DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(INPUT),--input $(INPUT) --format $(or $(FORMAT),canonical)) \
@@ -26,7 +27,7 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 
-.PHONY: help setup demo test data features segments train evaluate bench lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate serve bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +61,9 @@ train: setup ## Fit models, blend weights per segment, evaluate, export the bund
 
 evaluate: setup ## Evaluate every model and the blend (SEGREC_EVAL_PROTOCOL=temporal|leave_last_n_out|random_ratio)
 	$(SEGREC) evaluate
+
+serve: setup ## Serve recommendations over HTTP on PORT (default 3000) with the newest bundle
+	$(VENV)/bin/bentoml serve serving.service:Segrec --host 0.0.0.0 --port $(PORT)
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)
