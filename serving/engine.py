@@ -207,6 +207,26 @@ class RecommendationEngine:
             missing_features=vector.missing,
         )
 
+    def segment(self, customer_id: str) -> dict[str, Any]:
+        """The customer's segment, lifecycle stage and the features the segment rests on."""
+        vector = self.features.read(customer_id)
+        fallback = _fallback(vector)
+        personal = fallback in (None, "missing_features")
+        segment = self._segment(vector) if personal else None
+        model = self.bundle.segment_model
+        profile = (
+            {name: _plain(vector.values.get(name)) for name in model.feature_names}
+            if personal
+            else {}
+        )
+        return {
+            "customer_id": customer_id,
+            "segment": segment,
+            "lifecycle_stage": self._lifecycle(vector.values) if personal else None,
+            "profile": profile,
+            "fallback": fallback,
+        }
+
     def similar(self, product_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items like ``product_id``: content vectors and ALS item factors, averaged."""
         index = self.index_of.get(str(product_id))
@@ -241,6 +261,14 @@ def _top(scores: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, n
     order = np.argsort(-masked, kind="stable")[:k]
     order = order[np.isfinite(masked[order])]
     return order, masked[order]
+
+
+def _plain(value: Any) -> float | None:
+    """A JSON-ready number: NaN (unknown) becomes None."""
+    if value is None or isinstance(value, str):
+        return None
+    number = float(value)
+    return None if number != number else round(number, 4)
 
 
 def _fallback(vector: FeatureVector) -> str | None:

@@ -68,6 +68,12 @@ class Segrec:
             "fallback": answer.fallback,
         }
 
+    @bentoml.api(route="/segment")
+    def segment(self, customer_id: str) -> dict[str, Any]:
+        """A customer's segment (stored or assigned live), lifecycle stage and the
+        feature values the segment rests on."""
+        return self.engine.segment(customer_id)
+
     @bentoml.api(route="/similar")
     def similar(
         self, product_id: str, k: Annotated[int, Field(ge=1, le=100)] = 10

@@ -114,3 +114,14 @@ def test_similar_over_http(server: str) -> None:
     assert status == 200 and len(body["items"]) == 4
     status, body = _post(f"{server}/similar", {"product_id": "P-none"})
     assert status == 200 and body["items"] == [] and "unknown product_id" in body["error"]
+
+
+def test_segment_over_http(server: str, trained_small: tuple[Settings, TrainingRun]) -> None:
+    settings, _ = trained_small
+    customer = pd.read_parquet(settings.features_dir / "customer_segments.parquet").iloc[2]
+    status, body = _post(f"{server}/segment", {"customer_id": customer["customer_id"]})
+    assert status == 200 and body["segment"]["name"] == customer["segment_name"]
+    assert body["lifecycle_stage"] == customer["lifecycle_stage"]
+    assert "repeat_view_share" in body["profile"]
+    status, body = _post(f"{server}/segment", {"customer_id": "c_nobody"})
+    assert status == 200 and body["segment"] is None and body["fallback"] == "unknown_customer"
