@@ -63,13 +63,10 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return _build(tmp_path_factory.mktemp("small"), "small")
 
 
-def prepare_feast(root: Path, dataset: Dataset, **overrides: object) -> Settings:
-    """A copy of the feature repo and of ``dataset``'s clean and raw data under ``root``,
-    with features built, applied and loaded online (SQLite)."""
+def feast_workspace(root: Path, dataset: Dataset, **overrides: object) -> Settings:
+    """Settings under ``root`` with a copy of the feature repo and of ``dataset``'s clean
+    and raw data (so tests can apply and write without touching each other)."""
     import shutil
-
-    from training.features.build import build_features
-    from training.features.materialize import apply_and_materialise
 
     settings = make_settings(root, feast_repo=root / "feature_repo", **overrides)
     shutil.copytree(
@@ -79,6 +76,15 @@ def prepare_feast(root: Path, dataset: Dataset, **overrides: object) -> Settings
     )
     shutil.copytree(dataset.settings.clean_dir, settings.clean_dir)
     shutil.copytree(dataset.settings.raw_dir, settings.raw_dir)
+    return settings
+
+
+def prepare_feast(root: Path, dataset: Dataset, **overrides: object) -> Settings:
+    """:func:`feast_workspace` with features built, applied and loaded online (SQLite)."""
+    from training.features.build import build_features
+    from training.features.materialize import apply_and_materialise
+
+    settings = feast_workspace(root, dataset, **overrides)
     build_features(settings, progress=False)
     apply_and_materialise(settings)
     return settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ import pytest
 from segrec.feature_store import open_store
 from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.online_features import OnlineFeatureReader
-from segrec.settings import PROJECT_ROOT, Settings
-from tests.conftest import Dataset, make_settings
+from segrec.settings import Settings
+from tests.conftest import Dataset, feast_workspace, make_settings
 from training.features.build import build_features
 from training.features.history import historical_features
 from training.features.local_redis import free_port, redis_server
@@ -41,13 +40,7 @@ class FeastSetup:
 
 
 def _setup(root: Path, tiny: Dataset, **overrides: Any) -> FeastSetup:
-    settings = make_settings(root, feast_repo=root / "feature_repo", **overrides)
-    shutil.copytree(
-        PROJECT_ROOT / "feature_repo",
-        settings.feast_repo,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    shutil.copytree(tiny.settings.clean_dir, settings.clean_dir)
+    settings = feast_workspace(root, tiny, **overrides)
     build_features(settings, progress=False)
     result = apply_and_materialise(settings)
     assert result.materialised["customer_profile"] == 400
