@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
+from training.html_report import html_page, png_base64
 from training.segmentation.pipeline import SegmentationRun
 
 TSNE_SAMPLE = 2000
@@ -69,13 +65,6 @@ def report_dict(run: SegmentationRun) -> dict[str, Any]:
     }
 
 
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _k_selection_plot(report: dict[str, Any]) -> str | None:
     selection = report["k_selection"]
     if not selection or len(selection["candidates"]) < 2:
@@ -96,7 +85,7 @@ def _k_selection_plot(report: dict[str, Any]) -> str | None:
         ax.set_title(f"{key} ({better} is better)")
         ax.set_xlabel("k")
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _colours(run: SegmentationRun, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -127,7 +116,7 @@ def _projection_plots(run: SegmentationRun, seed: int) -> str:
     embedded = TSNE(n_components=2, random_state=seed, init="pca").fit_transform(space[tsne_rows])
     _scatter(axes[1], embedded, colours[: len(tsne_rows)], names)
     axes[1].set_title(f"t-SNE on a sample of {len(tsne_rows)}")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _heatmap_plot(report: dict[str, Any]) -> str:
@@ -143,7 +132,7 @@ def _heatmap_plot(report: dict[str, Any]) -> str:
         ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="z (segment mean vs everyone)")
     ax.set_title("Segment profiles")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _sizes_plot(report: dict[str, Any]) -> str:
@@ -153,7 +142,7 @@ def _sizes_plot(report: dict[str, Any]) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("customers")
     ax.set_title("Segment sizes")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _transition_plot(report: dict[str, Any]) -> str | None:
@@ -171,7 +160,7 @@ def _transition_plot(report: dict[str, Any]) -> str | None:
     ax.set_xlabel(f"{report['version']} segment")
     ax.set_ylabel(f"{moved['previous_version']} segment")
     ax.set_title(f"Customers moving between versions (ARI {moved['adjusted_rand_vs_previous']})")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def write_reports(run: SegmentationRun, reports_dir: Path, seed: int) -> tuple[Path, Path]:
@@ -204,19 +193,11 @@ def write_reports(run: SegmentationRun, reports_dir: Path, seed: int) -> tuple[P
         },
         "drift": report["drift"],
     }
-    body = "".join(
-        f"<h2>{title}</h2><img src='data:image/png;base64,{png}'/>" for title, png in figures if png
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>segrec segments "
-        f"{report['version']}</title><style>body{{font-family:sans-serif;margin:2em}}"
-        "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}"
-        "img{max-width:100%}</style></head><body>"
-        f"<h1>Segments {report['version']}</h1>"
-        f"<pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre>"
+    table = (
         "<table><tr><th>id</th><th>name</th><th>customers</th><th>share</th>"
-        f"<th>distinguishing features</th></tr>{rows}</table>{body}</body></html>"
+        f"<th>distinguishing features</th></tr>{rows}</table>"
     )
+    page = html_page(f"Segments {report['version']}", summary, table, figures)
     html_path = reports_dir / "segments.html"
     html_path.write_text(page)
     return json_path, html_path

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
+from training.html_report import html_page, png_base64
 from training.train.evaluate import BLEND, RankingResult
 from training.train.pipeline import TrainingRun
 
@@ -98,13 +94,6 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
     intervals = report["protocols"][protocol]["intervals"]
     names = list(intervals)
@@ -117,7 +106,7 @@ def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
     ax.set_ylabel(f"NDCG@{report['k']} (95% bootstrap interval)")
     ax.set_title(f"{protocol}: every model, the blend and the baselines")
     ax.tick_params(axis="x", rotation=30)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _by_segment(report: dict[str, Any], protocol: str) -> str:
@@ -142,7 +131,7 @@ def _by_segment(report: dict[str, Any], protocol: str) -> str:
     ax.set_ylabel(f"NDCG@{report['k']}")
     ax.set_title(f"{protocol}: NDCG per segment")
     ax.legend(fontsize=7, ncol=4)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _blend_weights(report: dict[str, Any]) -> str:
@@ -162,7 +151,7 @@ def _blend_weights(report: dict[str, Any]) -> str:
         + ")"
     )
     ax.legend(fontsize=7, ncol=4, loc="lower right")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _coverage(report: dict[str, Any], protocol: str) -> str:
@@ -173,7 +162,7 @@ def _coverage(report: dict[str, Any], protocol: str) -> str:
     ax.set_ylabel("catalogue coverage")
     ax.set_title(f"{protocol}: share of the catalogue recommended to someone")
     ax.tick_params(axis="x", rotation=30)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
@@ -201,15 +190,8 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
             + f"<th>coverage</th></tr>{rows}</table>"
         )
     header = {key: report[key] for key in ("split", "customers", "bundle")}
-    images = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{p}'/>" for t, p in figures)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>segrec evaluation</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:3px 8px;"
-        "border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>"
-        f"<h1>Evaluation ({html.escape(report['protocol'])} protocol, k={report['k']})</h1>"
-        f"<pre>{html.escape(json.dumps(header, indent=2, default=str))}</pre>"
-        f"{tables}{images}</body></html>"
-    )
+    title = f"Evaluation ({report['protocol']} protocol, k={report['k']})"
+    page = html_page(title, header, tables, figures)
     html_path = settings.reports_dir / "evaluation.html"
     html_path.write_text(page)
     return json_path, html_path
