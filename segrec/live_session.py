@@ -39,6 +39,10 @@ class LiveEvent:
     quantity: int = 1
     price: float | None = None
     session_id: str | None = None
+    value: float | None = None  # the rating of a rating event
+    # Idempotency key: the client's, or derived from the event's content when absent, so
+    # a retried batch is logged and ingested once.
+    event_id: str = ""
 
 
 @dataclass(frozen=True)

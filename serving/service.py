@@ -9,36 +9,19 @@ Feast's online store (``customer_serving_v2``), then answers through
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 from pydantic import Field
 
-from segrec.bundle import read_bundle
-from segrec.feature_store import open_store
-from segrec.online_features import OnlineFeatureReader
 from segrec.settings import Settings
-from serving.engine import RecommendationEngine
-
-
-def newest_bundle(settings: Settings) -> Path:
-    configured = os.environ.get("SEGREC_BUNDLE_DIR")
-    if configured:
-        return Path(configured)
-    bundles = sorted(p for p in settings.bundles_dir.glob("bundle-*") if p.is_dir())
-    if not bundles:
-        raise FileNotFoundError(f"no bundle under {settings.bundles_dir}: run `make train`")
-    return bundles[-1]
+from serving.loading import build_engine
 
 
 @bentoml.service(traffic={"timeout": 10})
 class Segrec:
     def __init__(self) -> None:
-        settings = Settings()
-        reader = OnlineFeatureReader(open_store(settings), "customer_serving_v2", "customer_id")
-        self.engine = RecommendationEngine(read_bundle(newest_bundle(settings)), reader)
+        self.engine = build_engine(Settings())
 
     @bentoml.api(route="/recommend")
     def recommend(
