@@ -27,7 +27,7 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 
-.PHONY: help setup demo test data features segments train evaluate serve bench lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate serve bento bench lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@touch $@
 	@echo "Installed the locked environment into $(VENV)"
 
-demo: setup ## Run the main job end to end on the embedded defaults (synthetic data)
+demo: setup build/requirements-serving.txt ## Run everything end to end on the embedded defaults: data to a served Bento
 	$(SEGREC) demo
 
 data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then clean it
@@ -63,7 +63,17 @@ evaluate: setup ## Evaluate every model and the blend (SEGREC_EVAL_PROTOCOL=temp
 	$(SEGREC) evaluate
 
 serve: setup ## Serve recommendations over HTTP on PORT (default 3000) with the newest bundle
-	$(VENV)/bin/bentoml serve serving.service:Segrec --host 0.0.0.0 --port $(PORT)
+	BENTOML_HOME=$${BENTOML_HOME:-$${SEGREC_BENTOML_HOME:-$${SEGREC_DATA_DIR:-data}/bentoml}} \
+		$(VENV)/bin/bentoml serve serving.service:Segrec --host 0.0.0.0 --port $(PORT)
+
+bento: setup build/requirements-serving.txt ## Build the serving Bento: service, feature repo, newest bundle, serving deps only
+	$(SEGREC) bento
+
+# The Bento's requirements: base + feast + bentoml from the lock file, nothing for training.
+build/requirements-serving.txt: pyproject.toml uv.lock
+	@mkdir -p build
+	$(UV) export --locked --no-default-groups --group features --group serving \
+		--no-emit-project --no-hashes --format requirements-txt -q -o $@
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)

@@ -44,7 +44,8 @@ customer_embedding_source = FileSource(
     name="customer_embedding_source",
     path=str(FEATURES_DIR / "customer_embeddings.parquet"),
     timestamp_field="event_timestamp",
-    description="Customer latent factors written by training/models.",
+    description="Customer model state written by make train: latent factors and the recent "
+    "history serving scores from.",
 )
 product_features_source = FileSource(
     name="product_features_source",
@@ -164,6 +165,13 @@ customer_embedding = FeatureView(
         Field(name="svd_factors", dtype=Array(Float32)),
         Field(name="svd_bias", dtype=Float64),
         Field(name="model_version", dtype=String),
+        # The newest events at training time (newest first; event type codes as in
+        # segrec.scoring.EVENT_TYPES), so serving can profile and fold the customer in
+        # again when the live session adds to it; purchases for the already-bought filter.
+        Field(name="history_items", dtype=Array(String)),
+        Field(name="history_types", dtype=Array(Int64)),
+        Field(name="history_unix", dtype=Array(Int64)),
+        Field(name="history_purchases", dtype=Array(String)),
     ],
     source=customer_embedding_source,
     online=True,
@@ -183,6 +191,7 @@ customer_session = FeatureView(
         Field(name="viewed_items", dtype=Array(String)),
         Field(name="carted_items", dtype=Array(String)),
         Field(name="categories_touched", dtype=Array(String)),
+        Field(name="purchased_items", dtype=Array(String)),
     ],
     source=customer_session_push,
     online=True,

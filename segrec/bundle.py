@@ -619,3 +619,23 @@ def load_from_bentoml(tag: str = f"{DEFAULT_MODEL_NAME}:latest") -> Bundle:
     if recorded is not None and manifest.is_file() and _sha256(manifest.read_bytes()) != recorded:
         raise BundleError(f"{manifest} does not match the manifest_sha256 of model {model.tag}")
     return read_bundle(root)
+
+
+def bentoml_bundle_versions(name: str = DEFAULT_MODEL_NAME) -> dict[str, str]:
+    """Bundle version -> BentoML model tag, for every bundle in the BentoML model store
+    (BentoML names its own versions; the bundle's is in the ``bundle_version`` label).
+    Empty when BentoML is not installed."""
+    try:
+        import bentoml
+        from bentoml.exceptions import NotFound
+    except ImportError:
+        return {}
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:  # BentoML's answer for "none under that name"
+        return {}
+    return {
+        model.info.labels["bundle_version"]: str(model.tag)
+        for model in models
+        if "bundle_version" in model.info.labels
+    }

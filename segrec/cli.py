@@ -83,12 +83,15 @@ def data(
     """Generate (or import) raw data, then validate, clean and pseudonymise it.
 
     Writes data/raw/<source>/, data/clean/{customers,products,events}.parquet,
-    data/set_aside/*.parquet and reports/data_quality.json.
+    data/set_aside/*.parquet and reports/data_quality.json; then appends the live events
+    logged by serving (data/events/live/) to the clean events again.
     """
     settings = get_settings()
     overrides = {"size": size.value if size else None, "seed": seed}
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     run_data(settings, input_path, input_format, _parse_map(column_map or []))
+    # Cleaning rebuilt events from the raw export: put the logged live events back.
+    _ingest_live_events(settings)
 
 
 def run_data(
@@ -294,12 +297,30 @@ def train(
 ) -> None:
     """Fit every model, fit blend weights per segment, evaluate, export the bundle.
 
+    First appends the live events logged by serving since the last run (data/events/live/)
+    to the clean events, so the models learn from them.
     Protocol from SEGREC_EVAL_PROTOCOL (temporal by default). Writes
     reports/evaluation.{json,html}; with --export also data/bundles/<version>/, the
     BentoML model segrec_bundle (store: SEGREC_BENTOML_HOME) and
     data/features/customer_embeddings.parquet (offline + online).
     """
-    run_train(get_settings(), export=export)
+    settings = get_settings()
+    if (settings.clean_dir / "manifest.json").exists():
+        # Events served since the last run train the models too (run_train reports a
+        # missing data build itself).
+        _ingest_live_events(settings)
+    run_train(settings, export=export)
+
+
+def _ingest_live_events(settings: Settings) -> None:
+    """Append the serving event log's new lines to the clean events; print one line."""
+    from training.data.live_events import ingest_event_log
+
+    try:
+        summary = ingest_event_log(settings)
+    except (ValueError, FileNotFoundError) as error:  # SchemaViolation is a ValueError
+        _fail(f"ingesting live events from {settings.event_log_dir} stopped: {error}")
+    console.print(f"Live events: {summary.line()}")
 
 
 @app.command()
@@ -363,6 +384,37 @@ def demo() -> None:
     run_segments(settings)
     console.rule("segrec demo: train")
     run_train(settings, export=True)
+    console.rule("segrec demo: bento")
+    built = run_bento(settings)
+    console.rule("segrec demo: serve")
+    from serving.demo_tour import run_tour
+
+    try:
+        run_tour(settings, built, console)
+    except (RuntimeError, OSError) as error:  # ServiceStartError is a RuntimeError
+        _fail(f"the demo service failed: {error}")
+
+
+@app.command()
+def bento() -> None:
+    """Build the serving Bento: the service, the Feast repository, the newest exported
+    bundle (BentoML model segrec_bundle) and the serving dependencies only. Serve it with
+    `bentoml serve <tag>` (BENTOML_HOME: SEGREC_BENTOML_HOME, default data/bentoml)."""
+    run_bento(get_settings())
+
+
+def run_bento(settings: Settings) -> str:
+    from serving.bento_build import build_bento
+
+    try:
+        built = build_bento(settings)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    console.print(
+        f"Bento {built.tag} ({built.files} files, {built.size_bytes / 1e6:.1f} MB, bundle "
+        f"{built.bundle_version}) -> {built.path}"
+    )
+    return built.tag
 
 
 @app.command()

@@ -25,6 +25,7 @@ SESSION_FIELDS = (
     "viewed_items",
     "carted_items",
     "categories_touched",
+    "purchased_items",
 )
 
 
@@ -55,6 +56,7 @@ class SessionState:
     viewed_items: tuple[str, ...] = ()
     carted_items: tuple[str, ...] = ()
     categories_touched: tuple[str, ...] = ()
+    purchased_items: tuple[str, ...] = ()
     cart_lines: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -92,6 +94,10 @@ def advance(
         # A purchase empties those lines from the cart; a removal takes them out.
         lines.pop(event.product_id, None)
         carted = tuple(i for i in carted if i != event.product_id)
+        if event.type == "purchase":
+            state = replace(
+                state, purchased_items=_push_front(state.purchased_items, event.product_id)
+            )
     if category:
         state = replace(state, categories_touched=_push_front(state.categories_touched, category))
     return replace(
@@ -135,6 +141,7 @@ class LiveSessionWriter:
                 viewed_items=tuple(response["viewed_items"][i] or ()),
                 carted_items=carted,
                 categories_touched=tuple(response["categories_touched"][i] or ()),
+                purchased_items=tuple(response["purchased_items"][i] or ()),
                 # Line values are not stored; spread the cart value over its items.
                 cart_lines={item: value / len(carted) for item in carted} if carted else {},
             )
@@ -172,6 +179,7 @@ class LiveSessionWriter:
                 "viewed_items": [list(s.viewed_items) for s in states.values()],
                 "carted_items": [list(s.carted_items) for s in states.values()],
                 "categories_touched": [list(s.categories_touched) for s in states.values()],
+                "purchased_items": [list(s.purchased_items) for s in states.values()],
                 "event_timestamp": [
                     dt.datetime.fromtimestamp(s.last_event_unix, dt.UTC) for s in states.values()
                 ],

@@ -11,6 +11,8 @@ import hmac
 from collections.abc import Iterable
 
 PSEUDONYM_HEX_CHARS = 16  # 64 bits: collision odds ~1e-7 at ten million customers
+# What a customer pseudonym looks like, in clean tables and in storefront events alike.
+CUSTOMER_ID_PATTERN = rf"^c_[0-9a-f]{{{PSEUDONYM_HEX_CHARS}}}$"
 
 
 def pseudonymise(raw_id: str, secret: str, *, kind: str = "customer") -> str:

@@ -93,8 +93,57 @@ class Settings(BaseSettings):
         "wall (the real clock, for production) or data (the newest feature snapshot, for "
         "replaying historical exports).",
     )
+    online_history_events: int = Field(
+        100,
+        ge=0,
+        description="Newest events per customer that make train writes to the online store, "
+        "for serving to profile the customer and fold the live session into their ALS "
+        "factors (older events weigh little after recency decay).",
+    )
+    online_history_purchases: int = Field(
+        200,
+        ge=0,
+        description="Newest distinct purchases per customer kept online for the "
+        "already-bought filter.",
+    )
     session_timeout_minutes: int = Field(
         30, ge=1, description="Minutes of inactivity after which a live session starts anew."
+    )
+
+    session_viewed_items: Literal["exclude", "boost", "keep"] = Field(
+        "exclude",
+        description="Items viewed in the live session, in carousels: exclude (show something "
+        "new; the models already lean towards what was viewed), boost or keep.",
+    )
+    session_carted_items: Literal["exclude", "boost", "keep"] = Field(
+        "exclude",
+        description="Items in the live basket, in carousels (always excluded on the cart page).",
+    )
+    session_boost: float = Field(
+        0.1, ge=0, le=1, description="Added to a boosted session item's blended score (0-1)."
+    )
+    placement_context_weight: float = Field(
+        0.5,
+        ge=0,
+        description="Weight of similarity to the page's product (placement=product) or basket "
+        "(placement=cart), added to the blended score.",
+    )
+    serving_timeout_ms: float = Field(
+        50.0,
+        gt=0,
+        description="Online feature read budget per request; a slower store answers with the "
+        "store_unavailable fallback instead of waiting.",
+    )
+    max_request_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body the service accepts (413 above)."
+    )
+    max_batch_customers: int = Field(
+        1000, ge=1, description="Most customers in one /recommend/batch request."
+    )
+    max_batch_events: int = Field(1000, ge=1, description="Most events in one /events request.")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /admin/* endpoints; unset disables them (403).",
     )
 
     segment_algorithm: Literal["kmeans", "gmm", "ward"] = Field(
@@ -247,6 +296,12 @@ class Settings(BaseSettings):
     @property
     def set_aside_dir(self) -> Path:
         return self.data_dir / "set_aside"
+
+    @property
+    def event_log_dir(self) -> Path:
+        """Where serving appends accepted live events (one JSON-lines file per writer and
+        day) and where ``train`` ingests them from; shared by every serving pod."""
+        return self.data_dir / "events" / "live"
 
     @property
     def uses_development_secret(self) -> bool:

@@ -2,16 +2,24 @@
 
 Per request: read the customer's features online (``customer_serving_v2``), decide how
 personal the answer can be (fallback reasons), find the segment (stored, or assigned
-live with the bundle's numpy segment model), score every item with every model from the
-bundle's arrays, blend with the segment's weights (cold-start weights for customers with
-little history), apply the business filters and return the top k with each model's
-contribution. Numpy only: no training library is imported.
+live with the bundle's numpy segment model when the live session moved the customer),
+rebuild what is known of the customer's behaviour (the recent history ``make train``
+wrote online plus the live session that ``POST /events`` keeps), score every item with
+every model from the bundle's arrays, blend with the segment's weights (cold-start
+weights for customers with little history), add the placement's context (the product on
+a product page, the basket on the cart page), apply the business filters and return the
+top k with each part's contribution. Numpy only: no training library is imported.
+
+Batches (``recommend_many``) read every customer's features in one online-store call and
+normalise and blend all of them in one array operation.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,10 +28,15 @@ from segrec.bundle import Bundle
 from segrec.filters import FilterRules
 from segrec.lifecycle import LifecycleRules
 from segrec.online_features import FeatureVector
-from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates
+from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates, unit_rows
 
 COLD_START_EVENTS = 5  # as in training: fewer known events than this = cold start
 PLACEMENTS = ("home", "product", "cart", "email")
+SessionPolicy = Literal["exclude", "boost", "keep"]
+DAY_SECONDS = 86_400.0
+VIEW = EVENT_TYPES.index("view")
+CART = EVENT_TYPES.index("add_to_cart")
+PURCHASE = EVENT_TYPES.index("purchase")
 # Model kind -> the customer feature rows it reads, from Feast feature names.
 CUSTOMER_ROWS = {
     "als": {"user_factors": "als_factors"},
@@ -32,7 +45,27 @@ CUSTOMER_ROWS = {
 
 
 class FeatureSource(Protocol):
-    def read(self, entity_id: str) -> FeatureVector: ...
+    def read_many(self, entity_ids: Sequence[str]) -> list[FeatureVector]: ...
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """How the live session and the page shape a carousel (from the settings)."""
+
+    viewed: SessionPolicy = "exclude"  # items viewed in this session
+    carted: SessionPolicy = "exclude"  # items in the basket
+    session_boost: float = 0.1  # added to a boosted item's blended score (which is in [0, 1])
+    context_weight: float = 0.5  # weight of similarity to the page's product or basket
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    customer_id: str
+    k: int = 10
+    placement: str = "home"
+    product_id: str | None = None
+    category: str | None = None
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -43,14 +76,57 @@ class Recommendation:
     bundle_version: str
     fallback: str | None  # why the answer is not fully personalised, else None
     missing_features: list[str] = field(default_factory=list)
+    live_session: bool = False  # the live session shaped this answer
+
+    def as_json(self, customer_id: str) -> dict[str, Any]:
+        """The HTTP answer for ``customer_id`` (every front end returns the same)."""
+        return {
+            "customer_id": customer_id,
+            "items": self.items,
+            "segment": self.segment,
+            "lifecycle_stage": self.lifecycle_stage,
+            "bundle_version": self.bundle_version,
+            "fallback": self.fallback,
+            "live_session": self.live_session,
+        }
+
+
+@dataclass
+class _Customer:
+    """What one request knows about its customer, before scoring."""
+
+    vector: FeatureVector
+    fallback: str | None
+    personal: bool
+    segment: dict[str, Any] | None = None
+    lifecycle: str | None = None
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    types: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    age_days: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    session_items: dict[str, np.ndarray] = field(default_factory=dict)
+    bought: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    live: bool = False  # events since training: the session changed the history
+
+    @property
+    def segment_id(self) -> int | None:
+        return None if self.segment is None else int(self.segment["id"])
 
 
 class RecommendationEngine:
     """Scores and ranks for one bundle and one online feature source."""
 
-    def __init__(self, bundle: Bundle, features: FeatureSource) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        features: FeatureSource,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        policy: ServingPolicy | None = None,
+    ) -> None:
         self.bundle = bundle
         self.features = features
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.policy = policy or ServingPolicy()
         items = bundle.group("items")
         filters = bundle.group("filters")
         self.product_ids = items["product_ids"]
@@ -68,32 +144,88 @@ class RecommendationEngine:
         self.kinds = {name: str(self.model_arrays[name]["kind"]) for name in self.models}
         blend_group = bundle.group("blend")
         self.cold_weights = blend_group.get("cold_weights")
+        self.popularity_only = np.array([1.0 if m == "popularity" else 0.0 for m in self.models])
         self.lifecycle = LifecycleRules()
+        # Unit item vectors for "similar" and the page context, computed once: content
+        # vectors say "the same kind of thing", ALS factors "bought by the same people".
+        self.item_spaces: dict[str, np.ndarray] = {}
+        for name in self.models:
+            arrays = self.model_arrays[name]
+            vectors = arrays.get("item_vectors")
+            if vectors is None and self.kinds[name] == "als":
+                vectors = arrays.get("item_factors")
+            if vectors is not None:
+                self.item_spaces[name] = unit_rows(np.asarray(vectors, dtype=np.float64))
 
-    # ---- helpers ----------------------------------------------------------------------
-    def _indices(self, product_ids: list[str] | np.ndarray) -> np.ndarray:
-        found = [self.index_of.get(str(p), -1) for p in product_ids]
+    @property
+    def segments_version(self) -> str:
+        return str(self.bundle.segment_model.version)
+
+    def categories_by_product(self) -> dict[str, str]:
+        """Category name of every product id (the live session records categories)."""
+        return {
+            str(p): str(self.category_names[c])
+            for p, c in zip(self.product_ids, self.category, strict=True)
+        }
+
+    # ---- what is known about the customer --------------------------------------------
+    def _indices(self, product_ids: Sequence[Any] | np.ndarray | None) -> np.ndarray:
+        found = [self.index_of.get(str(p), -1) for p in (product_ids or [])]
         return np.array([i for i in found if i >= 0], dtype=np.int64)
 
-    def _session_state(self, values: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        viewed = self._indices(list(values.get("viewed_items") or []))
-        carted = self._indices(list(values.get("carted_items") or []))
-        items = np.concatenate([viewed, carted])
-        types = np.concatenate(
-            [
-                np.full(len(viewed), EVENT_TYPES.index("view"), dtype=np.int8),
-                np.full(len(carted), EVENT_TYPES.index("add_to_cart"), dtype=np.int8),
-            ]
-        )
-        return items, types
-
-    def _segment(self, vector: FeatureVector) -> dict[str, Any] | None:
+    def _customer(self, vector: FeatureVector, now: float) -> _Customer:
+        fallback = _fallback(vector)
+        customer = _Customer(vector, fallback, personal=fallback in (None, "missing_features"))
+        if not customer.personal:
+            return customer
         values = vector.values
+        history_items = list(values.get("history_items") or [])
+        history_types = list(values.get("history_types") or [])
+        history_unix = list(values.get("history_unix") or [])
+        known = [
+            (self.index_of.get(str(p), -1), int(t), float(u))
+            for p, t, u in zip(history_items, history_types, history_unix, strict=False)
+        ]
+        session_at = float(values.get("last_event_unix") or 0)
+        session = {
+            "viewed": self._indices(values.get("viewed_items")),
+            "carted": self._indices(values.get("carted_items")),
+            "purchased": self._indices(values.get("purchased_items")),
+        }
+        session_events = [
+            (int(i), code)
+            for key, code in (("viewed", VIEW), ("carted", CART), ("purchased", PURCHASE))
+            for i in session[key]
+        ]
+        # Session lists are newest first without timestamps: they all count as of the
+        # session's last event, which is minutes old at most.
+        items = np.array([i for i, _, _ in known] + [i for i, _ in session_events], np.int64)
+        types = np.array([t for _, t, _ in known] + [t for _, t in session_events], np.int8)
+        stamps = np.array([u for _, _, u in known] + [session_at] * len(session_events))
+        customer.items, customer.types = items, types
+        customer.age_days = np.maximum(now - stamps, 0.0) / DAY_SECONDS
+        customer.session_items = session
+        customer.live = bool(session_events)
+        history_bought = self._indices(values.get("history_purchases"))
+        customer.bought = np.concatenate([history_bought, session["purchased"]])
+        idle = None
+        if customer.live:
+            idle = max(now - session_at, 0.0) / DAY_SECONDS
+        customer.segment = self._segment(values, idle)
+        customer.lifecycle = self._lifecycle(values, idle)
+        return customer
+
+    def _segment(self, values: dict[str, Any], idle_days: float | None) -> dict[str, Any] | None:
         model = self.bundle.segment_model
         stored = values.get("segment_id")
         version = values.get("segment_version")
-        if stored is not None and stored == stored and version == model.version:
-            segment_id = int(stored)
+        stored_id = (
+            int(stored)
+            if stored is not None and stored == stored and version == model.version
+            else None
+        )
+        if stored_id is not None and idle_days is None:
+            segment_id = stored_id
             return {
                 "id": segment_id,
                 "name": values.get("segment_name") or model.name_of(segment_id),
@@ -103,30 +235,89 @@ class RecommendationEngine:
             }
         if not any(values.get(name) is not None for name in model.feature_names):
             return None
-        segment_id, name, probability = model.assign_features(values)
-        return {
+        live_values = values
+        if idle_days is not None:
+            # The session is activity now: recency is what moves a customer between
+            # segments between two training runs.
+            live_values = {**values, "days_since_last_event": idle_days}
+        segment_id, name, probability = model.assign_features(live_values)
+        answer = {
             "id": segment_id,
             "name": name,
             "version": model.version,
             "probability": round(probability, 4),
             "assigned": "live",
         }
+        if stored_id is not None and stored_id != segment_id:
+            answer["stored_id"] = stored_id
+        return answer
 
-    def _lifecycle(self, values: dict[str, Any]) -> str | None:
+    def _lifecycle(self, values: dict[str, Any], idle_days: float | None) -> str | None:
         stored = values.get("lifecycle_stage")
-        if stored and stored != "unknown":
+        if stored and stored != "unknown" and idle_days is None:
             return str(stored)
         tenure = values.get("tenure_days")
         if tenure is None or tenure != tenure:
             return None
-        idle = values.get("days_since_last_event")
-        idle = None if idle is None or idle != idle else float(idle)
-        return self.lifecycle.assign_one(float(tenure), idle, float(values.get("frequency") or 0))
+        if idle_days is None:
+            idle = values.get("days_since_last_event")
+            idle_days = None if idle is None or idle != idle else float(idle)
+        return self.lifecycle.assign_one(
+            float(tenure), idle_days, float(values.get("frequency") or 0)
+        )
 
-    def _weights(self, segment_id: int | None, cold: bool) -> np.ndarray:
+    def _weights(self, customer: _Customer) -> np.ndarray:
+        if not customer.personal:
+            # Nothing personal may be used: global popularity alone.
+            return self.popularity_only
+        has_factors = bool(customer.vector.values.get("als_factors"))
+        cold = len(customer.items) < COLD_START_EVENTS and not has_factors
         if cold and self.cold_weights is not None:
             return np.asarray(self.cold_weights, dtype=np.float64)
-        return np.asarray(self.bundle.blend_weights(segment_id), dtype=np.float64)
+        return np.asarray(self.bundle.blend_weights(customer.segment_id), dtype=np.float64)
+
+    def _scores(self, customer: _Customer) -> np.ndarray:
+        """Every model's scores over every item, (models, items)."""
+        values = customer.vector.values
+        rows = []
+        for name in self.models:
+            kind = self.kinds[name]
+            features = {
+                key: np.asarray(values[feature])
+                for key, feature in CUSTOMER_ROWS.get(kind, {}).items()
+                if customer.personal and values.get(feature) not in (None, [])
+            }
+            if kind == "svd" and "user_factors" in features and "user_bias" not in features:
+                features.pop("user_factors")
+            if kind == "als" and customer.live:
+                # Events since training: fold the customer in again from history plus
+                # session, instead of the factors that predate the session.
+                features.pop("user_factors", None)
+            state = CustomerState(
+                items=customer.items,
+                types=customer.types,
+                age_days=customer.age_days,
+                segment=customer.segment_id if customer.segment_id is not None else -1,
+                features=features,
+            )
+            rows.append(score_candidates(kind, self.model_arrays[name], state))
+        return np.vstack(rows)
+
+    def _context(self, request: RecommendRequest, customer: _Customer) -> np.ndarray | None:
+        """Similarity to what the page shows: the product (product page) or the basket
+        (cart page); None when the page has no context."""
+        anchors = np.zeros(0, np.int64)
+        if request.placement == "product" and request.product_id:
+            anchors = self._indices([request.product_id])
+        elif request.placement == "cart":
+            anchors = customer.session_items.get("carted", anchors)
+        if not len(anchors) or not self.item_spaces:
+            return None
+        similarity = np.zeros(len(self.product_ids))
+        for unit in self.item_spaces.values():
+            similarity += (unit @ unit[anchors].T).mean(axis=1)
+        similarity /= len(self.item_spaces)
+        return np.clip(similarity, 0.0, None)
 
     # ---- endpoints --------------------------------------------------------------------
     def recommend(
@@ -137,94 +328,106 @@ class RecommendationEngine:
         placement: str = "home",
         product_id: str | None = None,
         category: str | None = None,
-        exclude: list[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> Recommendation:
-        vector = self.features.read(customer_id)
-        values = vector.values
-        fallback = _fallback(vector)
-        personal = fallback in (None, "missing_features")
-        segment = self._segment(vector) if personal else None
-        segment_id = None if segment is None else int(segment["id"])
-        items, types = self._session_state(values) if personal else (np.zeros(0, np.int64),) * 2
-        frequency = float(values.get("frequency") or 0)
-        cold = (
-            personal
-            and (frequency + len(items) < COLD_START_EVENTS)
-            and not values.get("als_factors")
+        request = RecommendRequest(
+            customer_id, k, placement, product_id, category, tuple(exclude or ())
         )
-        weights = self._weights(segment_id, cold or not personal)
-        if not personal:
-            # Nothing personal may be used: global popularity alone.
-            weights = np.array([1.0 if m == "popularity" else 0.0 for m in self.models])
-        scores = []
-        for name in self.models:
-            kind = self.kinds[name]
-            rows = {
-                key: np.asarray(values[feature])
-                for key, feature in CUSTOMER_ROWS.get(kind, {}).items()
-                if personal and values.get(feature) not in (None, [])
-            }
-            if kind == "svd" and "user_factors" in rows and "user_bias" not in rows:
-                rows.pop("user_factors")
-            state = CustomerState(
-                items=items,
-                types=types,
-                age_days=np.zeros(len(items)),
-                segment=segment_id if segment_id is not None else -1,
-                features=rows,
-            )
-            scores.append(score_candidates(kind, self.model_arrays[name], state))
-        normalised = normalise(np.vstack(scores))
-        total, parts = blend(normalised, weights)
-        allowed = self.rules.allowed()  # stock; purchase history is not online (yet)
-        blocked = list(exclude or []) + ([product_id] if product_id else [])
-        if placement == "cart":
-            blocked += list(values.get("carted_items") or [])
+        return self.recommend_many([request])[0]
+
+    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
+        """One answer per request; one online-store read for all of them."""
+        if not requests:
+            return []
+        ids = list(dict.fromkeys(r.customer_id for r in requests))
+        vectors = dict(zip(ids, self.features.read_many(ids), strict=True))
+        now = self.clock().timestamp()
+        customers = {c: self._customer(vectors[c], now) for c in ids}
+        chosen = [customers[r.customer_id] for r in requests]
+        scores = np.stack([self._scores(c) for c in chosen])  # (requests, models, items)
+        weights = np.stack([self._weights(c) for c in chosen])  # (requests, models)
+        totals, parts = blend(normalise(scores), weights)
+        return [
+            self._rank(request, customer, totals[n], parts[n])
+            for n, (request, customer) in enumerate(zip(requests, chosen, strict=True))
+        ]
+
+    def _rank(
+        self, request: RecommendRequest, customer: _Customer, total: np.ndarray, parts: np.ndarray
+    ) -> Recommendation:
+        extras: dict[str, np.ndarray] = {}
+        # A product page's context needs no consent: it is the page, not the customer.
+        context = self._context(request, customer)
+        if context is not None:
+            extras["context"] = self.policy.context_weight * context
+        allowed = self.rules.allowed(customer.bought)
+        blocked = list(request.exclude) + ([request.product_id] if request.product_id else [])
         allowed[self._indices(blocked)] = False
-        if category is not None:
-            matches = np.flatnonzero(self.category_names == category)
+        boost = np.zeros(len(total))
+        for key, policy in (("viewed", self.policy.viewed), ("carted", self.policy.carted)):
+            session = customer.session_items.get(key)
+            if session is None or not len(session):
+                continue
+            if policy == "exclude" or (key == "carted" and request.placement == "cart"):
+                allowed[session] = False
+            elif policy == "boost":
+                boost[session] = self.policy.session_boost
+        if boost.any():
+            extras["session"] = boost
+        if request.category is not None:
+            matches = np.flatnonzero(self.category_names == request.category)
             allowed &= self.category == (matches[0] if len(matches) else -1)
-        ranked = np.argsort(-np.where(allowed, total, -np.inf), kind="stable")
-        ranked = ranked[allowed[ranked]][: max(4 * k, k)]
-        chosen = self.rules.diversify(ranked, k)
+        final = total + sum(extras.values(), np.zeros(len(total)))
+        ranked = np.argsort(-np.where(allowed, final, -np.inf), kind="stable")
+        ranked = ranked[allowed[ranked]][: max(4 * request.k, request.k)]
+        chosen = self.rules.diversify(ranked, request.k)
         return Recommendation(
             items=[
                 {
                     "product_id": str(self.product_ids[i]),
-                    "score": round(float(total[i]), 6),
+                    "score": round(float(final[i]), 6),
                     "contributions": {
-                        m: round(float(parts[j, i]), 6)
-                        for j, m in enumerate(self.models)
-                        if parts[j, i] > 0
+                        **{
+                            m: round(float(parts[j, i]), 6)
+                            for j, m in enumerate(self.models)
+                            if parts[j, i] > 0
+                        },
+                        **{key: round(float(v[i]), 6) for key, v in extras.items() if v[i] > 0},
                     },
                 }
                 for i in chosen
             ],
-            segment=segment,
-            lifecycle_stage=self._lifecycle(values) if personal else None,
+            segment=customer.segment,
+            lifecycle_stage=customer.lifecycle,
             bundle_version=self.bundle.version,
-            fallback=fallback,
-            missing_features=vector.missing,
+            fallback=customer.fallback,
+            missing_features=customer.vector.missing,
+            live_session=customer.live,
         )
 
     def segment(self, customer_id: str) -> dict[str, Any]:
         """The customer's segment, lifecycle stage and the features the segment rests on."""
-        vector = self.features.read(customer_id)
-        fallback = _fallback(vector)
-        personal = fallback in (None, "missing_features")
-        segment = self._segment(vector) if personal else None
+        vector = self.features.read_many([customer_id])[0]
+        customer = self._customer(vector, self.clock().timestamp())
         model = self.bundle.segment_model
+        values = dict(vector.values)
+        if customer.live:
+            # What the live segment was assigned from: the session is activity now.
+            now = self.clock().timestamp()
+            values["days_since_last_event"] = (
+                max(now - float(values.get("last_event_unix") or now), 0.0) / DAY_SECONDS
+            )
         profile = (
-            {name: _plain(vector.values.get(name)) for name in model.feature_names}
-            if personal
+            {name: _plain(values.get(name)) for name in model.feature_names}
+            if customer.personal
             else {}
         )
         return {
             "customer_id": customer_id,
-            "segment": segment,
-            "lifecycle_stage": self._lifecycle(vector.values) if personal else None,
+            "segment": customer.segment,
+            "lifecycle_stage": customer.lifecycle,
             "profile": profile,
-            "fallback": fallback,
+            "fallback": customer.fallback,
         }
 
     def similar(self, product_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -232,21 +435,10 @@ class RecommendationEngine:
         index = self.index_of.get(str(product_id))
         if index is None:
             raise KeyError(f"unknown product_id {product_id!r}")
-        combined = np.zeros(len(self.product_ids))
-        sources = []
-        for name in self.models:
-            arrays = self.model_arrays[name]
-            vectors = arrays.get("item_vectors")
-            if vectors is None:
-                vectors = arrays.get("item_factors") if self.kinds[name] == "als" else None
-            if vectors is None:
-                continue
-            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            combined += unit @ unit[index]
-            sources.append(name)
-        if not sources:
+        if not self.item_spaces:
             return []
-        combined /= len(sources)
+        combined = sum(unit @ unit[index] for unit in self.item_spaces.values())
+        combined = np.asarray(combined) / len(self.item_spaces)
         allowed = self.rules.allowed()
         allowed[index] = False
         items, scores = _top(combined, allowed, k)
@@ -254,6 +446,19 @@ class RecommendationEngine:
             {"product_id": str(self.product_ids[i]), "score": round(float(s), 6)}
             for i, s in zip(items, scores, strict=True)
         ]
+
+    def smoke_test(self) -> None:
+        """Raise if this bundle cannot answer: a cold and a popularity-only request over
+        defaults, no store involved (used before a bundle starts serving)."""
+        empty = FeatureVector(entity_id="smoke", values={"consent_personalisation": True})
+        customer = self._customer(empty, self.clock().timestamp())
+        scores = self._scores(customer)
+        if scores.shape != (len(self.models), len(self.product_ids)):
+            raise ValueError(f"bundle scores have shape {scores.shape}")
+        total, parts = blend(normalise(scores[None]), self._weights(customer)[None])
+        answer = self._rank(RecommendRequest("smoke", k=5), customer, total[0], parts[0])
+        if not answer.items or not np.isfinite([i["score"] for i in answer.items]).all():
+            raise ValueError("bundle produced no finite recommendation for a cold customer")
 
 
 def _top(scores: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,16 +9,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from segrec.bundle import read_bundle
+from segrec.bundle import (
+    Bundle,
+    BundleError,
+    bentoml_bundle_versions,
+    load_from_bentoml,
+    read_bundle,
+)
 from segrec.feature_store import open_store
 from segrec.online_features import OnlineFeatureReader
 from segrec.settings import Settings
-from serving.engine import RecommendationEngine
+from serving.engine import FeatureSource, RecommendationEngine, ServingPolicy
 
 SERVING_FEATURE_SERVICE = "customer_serving_v2"
+BUNDLE_VERSION = re.compile(r"bundle-[0-9A-Za-z._-]{1,64}")
 
 
 def newest_bundle(settings: Settings) -> Path:
@@ -30,6 +38,36 @@ def newest_bundle(settings: Settings) -> Path:
     if not bundles:
         raise FileNotFoundError(f"no bundle under {settings.bundles_dir}: run `make train`")
     return bundles[-1]
+
+
+def load_bundle(settings: Settings, version: str | None = None) -> Bundle:
+    """The bundle to serve, checksums verified.
+
+    ``SEGREC_BUNDLE_DIR`` when set. Otherwise bundles come from two places: the bundles
+    directory ``make train`` writes (and a retraining job publishes to), and the BentoML
+    model store (where a Bento carries the bundle it was built with, as the
+    ``segrec_bundle`` model). ``version`` names one bundle, such as
+    ``bundle-20261123T101500``, never a path, so a caller cannot point the service at
+    arbitrary files; without it the newest of both places wins (versions are UTC
+    timestamps, so newest is largest).
+    """
+    if version is not None and not BUNDLE_VERSION.fullmatch(version):
+        raise BundleError(f"bad bundle version {version!r}: expected e.g. bundle-20261123T101500")
+    if version is None and os.environ.get("SEGREC_BUNDLE_DIR"):
+        return read_bundle(newest_bundle(settings))
+    local = {p.name: p for p in settings.bundles_dir.glob("bundle-*") if p.is_dir()}
+    stored = bentoml_bundle_versions()
+    wanted = version or max([*local, *stored], default=None)
+    if wanted is None:
+        raise FileNotFoundError(
+            f"no bundle under {settings.bundles_dir} nor in the BentoML model store: "
+            "run `make train`"
+        )
+    if wanted in local:
+        return read_bundle(local[wanted])
+    if wanted in stored:
+        return load_from_bentoml(stored[wanted])
+    raise BundleError(f"no bundle {wanted!r} in {settings.bundles_dir} or the BentoML store")
 
 
 def feature_clock(settings: Settings) -> Callable[[], dt.datetime]:
@@ -50,9 +88,32 @@ def feature_clock(settings: Settings) -> Callable[[], dt.datetime]:
     return lambda: dt.datetime.now(dt.UTC) - offset
 
 
-def build_engine(settings: Settings, bundle_dir: Path | None = None) -> RecommendationEngine:
-    """The engine over ``bundle_dir`` (default :func:`newest_bundle`) and Feast's store."""
-    reader = OnlineFeatureReader(
+def open_reader(settings: Settings) -> OnlineFeatureReader:
+    """The online feature reader of ``customer_serving_v2`` (reads the Feast registry)."""
+    return OnlineFeatureReader(
         open_store(settings), SERVING_FEATURE_SERVICE, "customer_id", clock=feature_clock(settings)
     )
-    return RecommendationEngine(read_bundle(bundle_dir or newest_bundle(settings)), reader)
+
+
+def build_engine(
+    settings: Settings,
+    bundle: Bundle | None = None,
+    features: FeatureSource | None = None,
+) -> RecommendationEngine:
+    """The engine over ``bundle`` (default :func:`load_bundle`) and ``features`` (default
+    :func:`open_reader`), with the settings' serving policy and feature clock."""
+    return RecommendationEngine(
+        bundle or load_bundle(settings),
+        features or open_reader(settings),
+        clock=feature_clock(settings),
+        policy=serving_policy(settings),
+    )
+
+
+def serving_policy(settings: Settings) -> ServingPolicy:
+    return ServingPolicy(
+        viewed=settings.session_viewed_items,
+        carted=settings.session_carted_items,
+        session_boost=settings.session_boost,
+        context_weight=settings.placement_context_weight,
+    )

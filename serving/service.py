@@ -1,69 +1,306 @@
 """The BentoML service storefronts call: ``bentoml serve serving.service:Segrec``.
 
-It loads the newest bundle (``SEGREC_BUNDLE_DIR``, or the newest under
-``<data_dir>/bundles``; checksums verified, numpy only) and reads customers' features from
-Feast's online store (``customer_serving_v2``), then answers through
-:class:`serving.engine.RecommendationEngine`. BentoML adds ``/livez``, ``/readyz`` and
-``/metrics``.
+Endpoints (all ``POST`` with a JSON body; see the README for examples):
+
+- ``/recommend``: one carousel; ``/recommend/batch``: many customers in one call.
+- ``/similar``: items like a product. ``/segment``: a customer's segment and stage.
+- ``/events``: storefront events, validated one by one, folded into the live session in
+  the online store and appended to the durable event log the next training run ingests.
+- ``/admin/reload``: load a newer bundle, check it, swap it in (bearer token).
+- ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with segrec's metrics added).
+
+The service holds one :class:`~serving.engine.RecommendationEngine` at a time. A request
+takes the engine once and uses only it, so a reload swapping ``self.engine`` mid-request
+never mixes two bundles in one answer; the old engine is dropped when its last request
+finishes. Readiness means a bundle is loaded and passed its smoke test and the feature
+store's registry was read; it does not follow the online store's health afterwards (a
+down store answers with fallbacks, and pulling every pod out of the load balancer for it
+would turn degraded answers into none).
 """
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
+import hmac
+import logging
+import threading
+import time
 from typing import Annotated, Any, Literal
 
 import bentoml
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
 
+from segrec.bundle import BundleError
+from segrec.event_log import EventLog
+from segrec.live_session import LiveSessionWriter
 from segrec.settings import Settings
-from serving.loading import build_engine
+from serving import metrics
+from serving.engine import Recommendation, RecommendationEngine, RecommendRequest
+from serving.events import validate_events
+from serving.feature_budget import BudgetedFeatureSource
+from serving.limits import BodySizeLimit
+from serving.loading import build_engine, load_bundle, open_reader
+
+logger = logging.getLogger("segrec.service")
+SETTINGS = Settings()
+Placement = Literal["home", "product", "cart", "email"]
+K = Annotated[int, Field(ge=1, le=100, description="How many items (1..100).")]
+RECENT_EVENT_IDS = 100_000  # per worker: retried batches are not folded into a session twice
+RETRY_LOAD_SECONDS = 5.0
+
+
+class BatchRequest(BaseModel):
+    """One customer's carousel within ``/recommend/batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(min_length=1, max_length=128)
+    k: K = 10
+    placement: Placement = "email"
+    product_id: str | None = None
+    category: str | None = None
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
 @bentoml.service(traffic={"timeout": 10})
 class Segrec:
     def __init__(self) -> None:
-        self.engine = build_engine(Settings())
+        self.settings = SETTINGS
+        self.engine: RecommendationEngine | None = None
+        self.load_error: str | None = None
+        self._load_lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._last_attempt = 0.0
+        self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.event_log = EventLog(self.settings.event_log_dir)
+        self._load()
+
+    # ---- loading and readiness --------------------------------------------------------
+    def _load(self) -> None:
+        """Load the bundle and open the store; on failure stay live but not ready."""
+        with self._load_lock:
+            self._last_attempt = time.monotonic()
+            try:
+                reader = open_reader(self.settings)
+                features = BudgetedFeatureSource(reader, self.settings.serving_timeout_ms)
+                engine = build_engine(self.settings, features=features)
+                engine.smoke_test()
+                # The first read opens connections and fills Feast's caches (~100 ms);
+                # outside the budget here, so no real request pays for it.
+                reader.read_many(["c_warm_up"])
+            except Exception as error:  # a missing or bad bundle must not kill the process
+                self.load_error = f"{type(error).__name__}: {error}"
+                logger.error("not ready: %s", self.load_error)
+                return
+            self._writer = LiveSessionWriter(
+                reader.store,
+                engine.categories_by_product(),
+                dt.timedelta(minutes=self.settings.session_timeout_minutes),
+            )
+            self._swap(engine)
+            self.load_error = None
+
+    def _swap(self, engine: RecommendationEngine) -> None:
+        previous = self.engine
+        if previous is not None:
+            metrics.BUNDLE_INFO.labels(
+                version=previous.bundle.version, segments_version=previous.segments_version
+            ).set(0)
+        self.engine = engine  # one attribute store: atomic for every reader of it
+        metrics.BUNDLE_INFO.labels(
+            version=engine.bundle.version, segments_version=engine.segments_version
+        ).set(1)
+
+    def __is_ready__(self) -> bool:
+        if self.engine is None and time.monotonic() - self._last_attempt > RETRY_LOAD_SECONDS:
+            # The bundle may have been published after the pod started.
+            self._load()
+        return self.engine is not None
+
+    def _engine(self) -> RecommendationEngine:
+        engine = self.engine
+        if engine is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no bundle loaded yet: {self.load_error}")
+        return engine
+
+    # ---- recommendations --------------------------------------------------------------
+    def _observe(self, endpoint: str, answers: list[Recommendation], seconds: float) -> None:
+        metrics.FEATURE_READ_SECONDS.observe(seconds)
+        for answer in answers:
+            if answer.fallback:
+                metrics.FALLBACKS.labels(endpoint=endpoint, reason=answer.fallback).inc()
+            segment = "none" if answer.segment is None else str(answer.segment["name"])
+            metrics.SEGMENT_REQUESTS.labels(segment=segment).inc()
+            for view in {m.split(":", 1)[0] for m in answer.missing_features}:
+                metrics.MISSING_FEATURES.labels(view=view).inc()
 
     @bentoml.api(route="/recommend")
     def recommend(
         self,
-        customer_id: str,
-        k: Annotated[int, Field(ge=1, le=100)] = 10,
-        placement: Literal["home", "product", "cart", "email"] = "home",
+        customer_id: Annotated[str, Field(min_length=1, max_length=128)],
+        k: K = 10,
+        placement: Placement = "home",
         product_id: str | None = None,
         category: str | None = None,
-        exclude: list[str] | None = None,
+        exclude: Annotated[list[str], Field(max_length=1000)] = [],  # noqa: B006 (pydantic copies)
     ) -> dict[str, Any]:
-        """A ranked carousel for one customer, with each item's model contributions."""
-        answer = self.engine.recommend(
-            customer_id,
-            k,
-            placement=placement,
-            product_id=product_id,
-            category=category,
-            exclude=exclude,
-        )
+        """A ranked carousel for one customer, with each item's contributions (why it is
+        there), the segment, lifecycle stage, bundle version and any fallback reason."""
+        engine = self._engine()
+        started = time.perf_counter()
+        request = RecommendRequest(customer_id, k, placement, product_id, category, tuple(exclude))
+        answer = engine.recommend_many([request])[0]
+        self._observe("recommend", [answer], time.perf_counter() - started)
+        return answer.as_json(customer_id)
+
+    @bentoml.api(route="/recommend/batch")
+    def recommend_batch(self, requests: list[BatchRequest]) -> Any:
+        """Many carousels in one call (campaign e-mails): one online-store read and one
+        blend for the whole batch. At most ``SEGREC_MAX_BATCH_CUSTOMERS`` requests."""
+        if len(requests) > self.settings.max_batch_customers:
+            return _error(
+                400,
+                "requests",
+                f"{len(requests)} requests in one batch; at most "
+                f"{self.settings.max_batch_customers} (SEGREC_MAX_BATCH_CUSTOMERS)",
+            )
+        engine = self._engine()
+        started = time.perf_counter()
+        batch = [
+            RecommendRequest(
+                r.customer_id, r.k, r.placement, r.product_id, r.category, tuple(r.exclude)
+            )
+            for r in requests
+        ]
+        answers = engine.recommend_many(batch)
+        self._observe("recommend_batch", answers, time.perf_counter() - started)
         return {
-            "customer_id": customer_id,
-            "items": answer.items,
-            "segment": answer.segment,
-            "lifecycle_stage": answer.lifecycle_stage,
-            "bundle_version": answer.bundle_version,
-            "fallback": answer.fallback,
+            "bundle_version": engine.bundle.version,
+            "results": [a.as_json(r.customer_id) for r, a in zip(requests, answers, strict=True)],
         }
 
     @bentoml.api(route="/segment")
-    def segment(self, customer_id: str) -> dict[str, Any]:
-        """A customer's segment (stored or assigned live), lifecycle stage and the
-        feature values the segment rests on."""
-        return self.engine.segment(customer_id)
+    def segment(self, customer_id: Annotated[str, Field(min_length=1, max_length=128)]) -> Any:
+        """A customer's segment (stored, or assigned live after session activity),
+        lifecycle stage and the feature values the segment rests on."""
+        answer = self._engine().segment(customer_id)
+        if answer["fallback"]:
+            metrics.FALLBACKS.labels(endpoint="segment", reason=answer["fallback"]).inc()
+        return answer
 
     @bentoml.api(route="/similar")
     def similar(
-        self, product_id: str, k: Annotated[int, Field(ge=1, le=100)] = 10
-    ) -> dict[str, Any]:
+        self, product_id: Annotated[str, Field(min_length=1, max_length=64)], k: K = 10
+    ) -> Any:
         """Items like ``product_id`` (content and collaborative neighbours)."""
         try:
-            items = self.engine.similar(product_id, k)
+            items = self._engine().similar(product_id, k)
         except KeyError as error:
-            return {"product_id": product_id, "items": [], "error": str(error.args[0])}
+            return _error(404, "product_id", str(error.args[0]))
         return {"product_id": product_id, "items": items}
+
+    # ---- events -----------------------------------------------------------------------
+    @bentoml.api(route="/events")
+    def events(self, events: list[Any]) -> Any:
+        """Storefront events (view, add_to_cart, remove_from_cart, purchase, rating),
+        checked one by one. Accepted ones are appended to the durable event log, then
+        folded into each customer's live session in the online store, so the very next
+        ``/recommend`` reflects them; rejected ones come back with their index, field and
+        reason. At most ``SEGREC_MAX_BATCH_EVENTS`` per call."""
+        if len(events) > self.settings.max_batch_events:
+            return _error(
+                400,
+                "events",
+                f"{len(events)} events in one call; at most {self.settings.max_batch_events} "
+                "(SEGREC_MAX_BATCH_EVENTS)",
+            )
+        engine = self._engine()
+        now = engine.clock()
+        accepted, rejected = validate_events(events, engine.index_of, now)
+        with self._events_lock:
+            fresh = [e for e in accepted if e.event_id not in self._recent_ids]
+            for event in fresh:
+                self._recent_ids[event.event_id] = None
+            while len(self._recent_ids) > RECENT_EVENT_IDS:
+                self._recent_ids.popitem(last=False)
+            # The log first: once it returns the events are durable, whatever the store does.
+            self.event_log.append(fresh, dt.datetime.now(dt.UTC))
+            session_error = None
+            try:
+                self._writer.apply(fresh)
+            except Exception as error:  # store down: logged events still reach training
+                session_error = f"{type(error).__name__}: {error}"
+                logger.warning("live session not updated: %s", session_error)
+        duplicates = len(accepted) - len(fresh)
+        metrics.EVENTS.labels(outcome="accepted").inc(len(fresh))
+        metrics.EVENTS.labels(outcome="duplicate").inc(duplicates)
+        metrics.EVENTS.labels(outcome="rejected").inc(len(rejected))
+        return {
+            "accepted": len(fresh),
+            "duplicates": duplicates,
+            "rejected": [r.as_dict() for r in rejected],
+            "session_updated": session_error is None,
+            **({"session_error": session_error} if session_error else {}),
+        }
+
+    # ---- operations -------------------------------------------------------------------
+    @bentoml.api(route="/admin/reload")
+    def reload(
+        self,
+        ctx: bentoml.Context,
+        version: str | None = None,
+        force: bool = False,
+    ) -> Any:
+        """Load bundle ``version`` (default: the newest), verify its checksums and a smoke
+        prediction, then swap it in; the old bundle keeps serving if anything fails.
+        Needs ``Authorization: Bearer <SEGREC_ADMIN_TOKEN>``."""
+        # With a context parameter BentoML takes the status from the context, not from a
+        # returned response.
+        token = self.settings.admin_token
+        if token is None:
+            ctx.response.status_code = 403
+            return {"error": "admin endpoints are off: set SEGREC_ADMIN_TOKEN", "field": "auth"}
+        given = ctx.request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            ctx.response.status_code = 401
+            return {"error": "missing or wrong bearer token", "field": "authorization"}
+        current = self.engine
+        try:
+            bundle = load_bundle(self.settings, version)
+            if current is not None and bundle.version == current.bundle.version and not force:
+                metrics.RELOADS.labels(outcome="unchanged").inc()
+                return {"swapped": False, "bundle_version": bundle.version, "reason": "unchanged"}
+            features = current.features if current else None
+            engine = build_engine(self.settings, bundle=bundle, features=features)
+            engine.smoke_test()
+        except (BundleError, FileNotFoundError, ValueError, KeyError) as error:
+            metrics.RELOADS.labels(outcome="rejected").inc()
+            ctx.response.status_code = 409
+            return {
+                "swapped": False,
+                "error": f"bundle rejected: {error}",
+                "field": "version",
+                "bundle_version": current.bundle.version if current else None,
+            }
+        if current is None:
+            self._load()  # first load also needs the session writer
+        else:
+            self._swap(engine)
+        metrics.RELOADS.labels(outcome="swapped").inc()
+        logger.info("bundle %s now serving", engine.bundle.version)
+        return {
+            "swapped": True,
+            "bundle_version": engine.bundle.version,
+            "previous": current.bundle.version if current else None,
+        }
+
+
+# The decorator returns BentoML's Service wrapper, which the type checker cannot see.
+Segrec.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_request_bytes)  # type: ignore[attr-defined]

@@ -14,7 +14,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-CUSTOMER_ID_PATTERN = r"^c_[0-9a-f]{16}$"
+from segrec.pseudonym import CUSTOMER_ID_PATTERN
+
 EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase", "rating")
 GENDERS = ("F", "M", "X", "U")
 UTC_NS = pd.DatetimeTZDtype("ns", "UTC")

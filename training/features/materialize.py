@@ -101,6 +101,13 @@ def apply_and_materialise(settings: Settings, chunk_rows: int = ONLINE_CHUNK_ROW
         if path is None or not path.exists():
             result.skipped[view.name] = f"no offline data yet ({path})"
             continue
+        absent = sorted({f.name for f in view.features} - set(pq.read_schema(path).names))
+        if absent:
+            # Written by an older version of the step that fills it (make train for the
+            # embeddings): serving would read nulls as values, so leave it to that step.
+            filled_by = view.tags.get("filled_by", "the step that writes it")
+            result.skipped[view.name] = f"{path.name} lacks {', '.join(absent)}: rerun {filled_by}"
+            continue
         written, newest = _write_newest_snapshot(store, view, path, chunk_rows)
         result.materialised[view.name] = written
         result.snapshot = newest if result.snapshot is None else max(result.snapshot, newest)

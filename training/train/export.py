@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from segrec.blend import weights_for
 from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
 from segrec.filters import FilterRules
+from segrec.scoring import PURCHASE
 from segrec.settings import Settings
 from training.features.inputs import price_bands
 from training.models.base import Recommender
@@ -40,6 +41,10 @@ EMBEDDINGS_SCHEMA = pa.schema(
         pa.field("svd_factors", pa.list_(pa.float32())),
         pa.field("svd_bias", pa.float64()),
         pa.field("model_version", pa.string()),
+        pa.field("history_items", pa.list_(pa.string())),
+        pa.field("history_types", pa.list_(pa.int64())),
+        pa.field("history_unix", pa.list_(pa.int64())),
+        pa.field("history_purchases", pa.list_(pa.string())),
     ]
 )
 
@@ -152,6 +157,32 @@ def build_bundle(
     )
 
 
+def recent_history(data: Interactions, events: int, purchases: int) -> dict[str, list[Any]]:
+    """Per customer (vocabulary order): the newest ``events`` events, newest first, as
+    product ids, event type codes and unix seconds, and the newest ``purchases`` distinct
+    purchased product ids."""
+    product_ids = data.items.ids(np.arange(data.n_items)).astype(str)
+    reference = data.reference_time.timestamp()
+    unix = np.round(reference - data.age_days * 86_400.0).astype(np.int64)
+    history: dict[str, list[Any]] = {
+        "history_items": [],
+        "history_types": [],
+        "history_unix": [],
+        "history_purchases": [],
+    }
+    for u in range(data.n_customers):
+        start, end = int(data.indptr[u]), int(data.indptr[u + 1])
+        newest = np.arange(max(start, end - events), end)[::-1]
+        items = data.item[newest]
+        history["history_items"].append(product_ids[items].tolist())
+        history["history_types"].append(data.type_code[newest].astype(np.int64).tolist())
+        history["history_unix"].append(unix[newest].tolist())
+        bought = data.item[start:end][data.type_code[start:end] == PURCHASE][::-1]
+        distinct = list(dict.fromkeys(bought.tolist()))[:purchases]
+        history["history_purchases"].append(product_ids[distinct].tolist())
+    return history
+
+
 def write_customer_factors(
     settings: Settings, models: dict[str, Recommender], data: Interactions, version: str
 ) -> int:
@@ -167,6 +198,9 @@ def write_customer_factors(
             "svd_factors": list(svd["user_factors"].astype(np.float32)),
             "svd_bias": svd["user_bias"].astype(np.float64),
             "model_version": version,
+            **recent_history(
+                data, settings.online_history_events, settings.online_history_purchases
+            ),
         }
     )
     path = settings.features_dir / EMBEDDINGS_FILE

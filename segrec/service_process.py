@@ -1,0 +1,112 @@
+"""Start ``bentoml serve`` as a child process, wait until it is ready, stop it cleanly.
+
+For everything that needs a real server for a while: the demo, the HTTP tests, the
+latency benchmark. The server's output goes to a log file (a pipe nobody reads fills up
+and blocks the server); a server that dies or is not ready in time raises with the tail
+of that log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from segrec.settings import PROJECT_ROOT
+
+READY_PATH = "/readyz"
+
+
+class ServiceStartError(RuntimeError):
+    """The server exited or did not become ready; the message ends with its log."""
+
+
+@dataclass(frozen=True)
+class RunningService:
+    url: str
+    pid: int
+    log_path: Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def bentoml_command(target: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """``bentoml serve <target>`` on 127.0.0.1:``port`` with this interpreter's bentoml."""
+    bentoml = Path(sys.executable).parent / "bentoml"
+    return [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+@contextmanager
+def running_service(
+    command: Sequence[str],
+    url: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    ready_timeout: float = 120.0,
+    stop_timeout: float = 30.0,
+    cwd: Path = PROJECT_ROOT,
+) -> Iterator[RunningService]:
+    """Run ``command`` (its own process group), yield once ``url`` + /readyz answers 200,
+    then SIGTERM the group (SIGKILL after ``stop_timeout``)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(process, url, log_path, ready_timeout)
+            yield RunningService(url, process.pid, log_path)
+        finally:
+            _stop(process, stop_timeout)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceStartError(f"{url}: server exited early:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url + READY_PATH, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise ServiceStartError(f"{url}: not ready within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
