@@ -87,7 +87,7 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy on the packages
 	$(VENV)/bin/mypy
 
-test: setup lint typecheck ## Lint, type-check and run the whole test suite
+test: setup lint typecheck build/requirements-serving.txt ## Lint, type-check and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean: ## Remove generated data and reports (keeps .venv)

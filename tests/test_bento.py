@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -31,7 +30,6 @@ def test_the_bento_carries_the_bundle_and_serves_it(
             ["make", "-s", str(REQUIREMENTS.relative_to(PROJECT_ROOT))],
             cwd=PROJECT_ROOT,
             check=True,
-            env={**os.environ, "PYTHON": sys.executable},
         )
     home = str(settings.bentoml_store.resolve())
     os.environ["BENTOML_HOME"] = home  # the store the trained fixture exported into

@@ -82,6 +82,21 @@ def test_online_read_is_the_newest_snapshot(feast: FeastSetup) -> None:
         )
 
 
+def test_the_reader_returns_what_feast_get_online_features_returns(feast: FeastSetup) -> None:
+    reader = feast.reader()
+    sample = [*feast.customers["customer_id"].drop_duplicates().iloc[:4], "c_ffffffffffffffff"]
+    expected = feast.store.get_online_features(
+        features=reader.service, entity_rows=[{"customer_id": c} for c in sample]
+    ).to_dict()
+    for i, vector in enumerate(reader.read_many(sample)):
+        defaulted = {m.split(":", 1)[1] for m in vector.missing}
+        for name, value in vector.values.items():
+            if name in defaulted:
+                assert expected[name][i] is None, name
+            elif value == value:  # NaN: a null Feast value read as "unknown"
+                assert value == pytest.approx(expected[name][i]), name
+
+
 def test_unknown_customer_gets_defaults_and_a_flag(feast: FeastSetup) -> None:
     vector = feast.reader().read("c_ffffffffffffffff")
     assert not vector.complete and vector.error is None
