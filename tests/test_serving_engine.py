@@ -200,3 +200,31 @@ def test_session_events_fold_the_customer_into_als_again(
     in_category = engine.category == category
     gain = (after - before)[in_category].mean() - (after - before)[~in_category].mean()
     assert gain > 0
+
+
+def test_a_customer_known_only_by_profile_is_personal_with_defaults(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    settings, _ = trained_small
+    newcomer = "c_00000000000000aa"  # signed up after the last feature build
+    profile = pd.DataFrame(
+        {
+            "customer_id": [newcomer],
+            "age": [31.0],
+            "gender": ["F"],
+            "country": ["IE"],
+            "city": ["Cork"],
+            "tenure_days": [3.0],
+            "consent_personalisation": [True],
+            "interactions": pd.array([0], dtype="int64"),
+            "event_timestamp": [pd.Timestamp("2026-11-04", tz="UTC")],
+        }
+    )
+    open_store(settings).write_to_online_store("customer_profile", profile)
+    answer = engine.recommend(newcomer, k=5)
+    assert answer.fallback == "missing_features"
+    assert "customer_behaviour:frequency" in answer.missing_features
+    assert answer.lifecycle_stage == "New" and len(answer.items) == 5
+    # Personal as far as it goes: a segment from what is known (age, tenure), filled in
+    # with the training medians.
+    assert answer.segment is not None and answer.segment["assigned"] == "live"
