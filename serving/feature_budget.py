@@ -11,7 +11,8 @@ instead of queueing behind them, and the store is probed again on the next reque
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -22,8 +23,15 @@ from segrec.online_features import FeatureVector, OnlineFeatureReader
 class BudgetedFeatureSource:
     """Wraps an :class:`OnlineFeatureReader`; same ``read_many``, bounded in time."""
 
-    def __init__(self, reader: OnlineFeatureReader, timeout_ms: float, threads: int = 4) -> None:
+    def __init__(
+        self,
+        reader: OnlineFeatureReader,
+        timeout_ms: float,
+        threads: int = 4,
+        on_read: Callable[[float], None] | None = None,
+    ) -> None:
         self.reader = reader
+        self.on_read = on_read  # called with each completed read's seconds (metrics)
         self.timeout = timeout_ms / 1000.0
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feast-read")
@@ -49,9 +57,12 @@ class BudgetedFeatureSource:
             return self._unavailable(entity_ids, f"online store slower than {budget} ms")
 
     def _read(self, entity_ids: list[str]) -> list[FeatureVector]:
+        started = time.perf_counter()
         try:
             return self.reader.read_many(entity_ids)
         finally:
+            if self.on_read is not None:
+                self.on_read(time.perf_counter() - started)
             with self._lock:
                 self._busy -= 1
 

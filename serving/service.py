@@ -89,7 +89,11 @@ class Segrec:
             self._last_attempt = time.monotonic()
             try:
                 reader = open_reader(self.settings)
-                features = BudgetedFeatureSource(reader, self.settings.serving_timeout_ms)
+                features = BudgetedFeatureSource(
+                    reader,
+                    self.settings.serving_timeout_ms,
+                    on_read=metrics.FEATURE_READ_SECONDS.observe,
+                )
                 engine = build_engine(self.settings, features=features)
                 engine.smoke_test()
                 # The first read opens connections and fills Feast's caches (~100 ms);
@@ -137,7 +141,7 @@ class Segrec:
 
     # ---- recommendations --------------------------------------------------------------
     def _observe(self, endpoint: str, answers: list[Recommendation], seconds: float) -> None:
-        metrics.FEATURE_READ_SECONDS.observe(seconds)
+        metrics.ENGINE_SECONDS.labels(endpoint=endpoint).observe(seconds)
         for answer in answers:
             if answer.fallback:
                 metrics.FALLBACKS.labels(endpoint=endpoint, reason=answer.fallback).inc()

@@ -280,6 +280,8 @@ def test_health_and_metrics(server: Server) -> None:
     assert f'version="{server.bundle_version}"' in text
     assert "bentoml_service_request_duration_seconds" in text
     assert "segrec_segment_requests_total" in text
+    assert 'segrec_engine_seconds_count{endpoint="recommend"}' in text
+    assert "segrec_feature_read_seconds_count" in text
 
 
 def _new_version(server: Server, name: str) -> Path:
