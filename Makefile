@@ -26,8 +26,9 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(foreach m,$(MAP),--map $(m))
 
 BENCH_SIZES ?= small,medium
+BENCH_SERVING_ARGS ?=
 
-.PHONY: help setup demo test data features segments train evaluate serve bento bench lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate serve bento bench bench-serving lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +80,9 @@ bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENC
 	$(SEGREC) bench --sizes $(BENCH_SIZES)
 	@if [ -f data/features/customer_features.parquet ]; then $(SEGREC) bench --online; \
 	else echo "skipping online feature latency: run make features first"; fi
+
+bench-serving: setup ## /recommend p50/p99 at 50 and 200 RPS and max throughput, BentoML vs bare Starlette, one worker (needs make train)
+	$(VENV)/bin/python -m loadtests.latency $(BENCH_SERVING_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

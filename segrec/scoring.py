@@ -173,6 +173,13 @@ def _candidates(candidates: np.ndarray | None, n_items: int) -> tuple[np.ndarray
     return np.where(valid, cand, 0), valid
 
 
+def _rows(matrix: np.ndarray, candidates: np.ndarray | None, cand: np.ndarray) -> np.ndarray:
+    """The candidates' rows as float64: the matrix itself (no copy) when scoring every item
+    of a float64 matrix, which is what serving does on every request."""
+    rows = matrix if candidates is None else matrix[cand]
+    return np.asarray(rows, dtype=np.float64)
+
+
 def _finish(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     # Unknown candidates stay missing (NaN) rather than borrowing another item's score.
     return np.where(valid, np.asarray(scores, dtype=np.float64), np.nan)
@@ -221,7 +228,7 @@ def score_svd(arrays: Arrays, state: CustomerState, candidates: np.ndarray | Non
     scores = float(arrays["global_mean"]) + bias[cand].astype(np.float64)
     if "user_factors" in state.features:
         user = np.asarray(state.features["user_factors"], dtype=np.float64)
-        scores = scores + float(state.features["user_bias"]) + q[cand].astype(np.float64) @ user
+        scores = scores + float(state.features["user_bias"]) + _rows(q, candidates, cand) @ user
     return _finish(scores, valid)
 
 
@@ -319,7 +326,7 @@ def score_als(arrays: Arrays, state: CustomerState, candidates: np.ndarray | Non
         items, conf = als_confidence(arrays, state)
         user = als_fold_in(y, items, conf, float(arrays["reg"]), arrays["gramian"])
     cand, valid = _candidates(candidates, y.shape[0])
-    return _finish(y[cand].astype(np.float64) @ user, valid)
+    return _finish(_rows(y, candidates, cand) @ user, valid)
 
 
 def content_profile(arrays: Arrays, state: CustomerState) -> np.ndarray:
@@ -344,7 +351,7 @@ def score_content(
         profile = content_profile(arrays, state)
     vectors = arrays["item_vectors"]
     cand, valid = _candidates(candidates, vectors.shape[0])
-    return _finish(vectors[cand].astype(np.float64) @ profile, valid)
+    return _finish(_rows(vectors, candidates, cand) @ profile, valid)
 
 
 Scorer = Callable[[Arrays, CustomerState, "np.ndarray | None"], np.ndarray]

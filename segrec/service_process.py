@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,12 @@ class ServiceStartError(RuntimeError):
 @dataclass(frozen=True)
 class RunningService:
     url: str
-    pid: int
+    process: subprocess.Popen[bytes]
     log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 def free_port() -> int:
@@ -59,9 +63,12 @@ def running_service(
     ready_timeout: float = 120.0,
     stop_timeout: float = 30.0,
     cwd: Path = PROJECT_ROOT,
+    ready_path: str = READY_PATH,
+    core: int | None = None,
 ) -> Iterator[RunningService]:
-    """Run ``command`` (its own process group), yield once ``url`` + /readyz answers 200,
-    then SIGTERM the group (SIGKILL after ``stop_timeout``)."""
+    """Run ``command`` (its own process group, pinned to CPU ``core`` when given), yield
+    once ``url + ready_path`` answers 200, then SIGTERM the group (SIGKILL after
+    ``stop_timeout``), whatever happened in the block."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -71,12 +78,24 @@ def running_service(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=pin_to_core(core),  # in the child before exec: its whole tree inherits it
         )
         try:
-            _wait_ready(process, url, log_path, ready_timeout)
-            yield RunningService(url, process.pid, log_path)
+            _wait_ready(process, url + ready_path, log_path, ready_timeout)
+            yield RunningService(url, process, log_path)
         finally:
             _stop(process, stop_timeout)
+
+
+def pin_to_core(core: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning a child process to one CPU (None: no pinning)."""
+    if core is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return pin
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
@@ -85,7 +104,7 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: 
         if process.poll() is not None:
             raise ServiceStartError(f"{url}: server exited early:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(url + READY_PATH, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -97,12 +116,14 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: 
 def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
     try:
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    except ProcessLookupError:  # the group is gone already
+        pass
 
 
 def _tail(log: Path, chars: int = 3000) -> str:

@@ -17,7 +17,7 @@ normalise and blend all of them in one array operation.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -130,7 +130,8 @@ class RecommendationEngine:
         items = bundle.group("items")
         filters = bundle.group("filters")
         self.product_ids = items["product_ids"]
-        self.index_of = {str(p): i for i, p in enumerate(self.product_ids)}
+        self.product_names = [str(p) for p in self.product_ids]  # answers need Python str
+        self.index_of = {p: i for i, p in enumerate(self.product_names)}
         self.category = items["category"]
         self.category_names = filters["categories"]
         self.rules = FilterRules(
@@ -140,7 +141,15 @@ class RecommendationEngine:
             max_per_category=int(filters["max_per_category"]),
         )
         self.models = list(bundle.model_names)
-        self.model_arrays = {name: bundle.group(f"models/{name}") for name in self.models}
+        # float32 in the bundle (half the size); float64 once here, so scoring multiplies the
+        # matrices in place instead of converting a copy on every request.
+        self.model_arrays = {
+            name: {
+                key: value.astype(np.float64) if value.dtype == np.float32 else value
+                for key, value in bundle.group(f"models/{name}").items()
+            }
+            for name in self.models
+        }
         self.kinds = {name: str(self.model_arrays[name]["kind"]) for name in self.models}
         blend_group = bundle.group("blend")
         self.cold_weights = blend_group.get("cold_weights")
@@ -335,12 +344,19 @@ class RecommendationEngine:
         )
         return self.recommend_many([request])[0]
 
-    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        """One answer per request; one online-store read for all of them."""
+    def recommend_many(
+        self,
+        requests: Sequence[RecommendRequest],
+        vectors: Mapping[str, FeatureVector] | None = None,
+    ) -> list[Recommendation]:
+        """One answer per request; one online-store read for all of them, unless the
+        caller read the features already (``vectors`` by customer id, as the async service
+        does to wait for the store without holding a thread)."""
         if not requests:
             return []
         ids = list(dict.fromkeys(r.customer_id for r in requests))
-        vectors = dict(zip(ids, self.features.read_many(ids), strict=True))
+        if vectors is None:
+            vectors = dict(zip(ids, self.features.read_many(ids), strict=True))
         now = self.clock().timestamp()
         customers = {c: self._customer(vectors[c], now) for c in ids}
         chosen = [customers[r.customer_id] for r in requests]
@@ -351,6 +367,19 @@ class RecommendationEngine:
             self._rank(request, customer, totals[n], parts[n])
             for n, (request, customer) in enumerate(zip(requests, chosen, strict=True))
         ]
+
+    async def recommend_many_async(
+        self, requests: Sequence[RecommendRequest]
+    ) -> list[Recommendation]:
+        """:meth:`recommend_many` for an event loop: awaits the read when the feature
+        source can read asynchronously (the service's time-budgeted pool), then scores on
+        the loop; no thread hop for the CPU work, which holds the GIL either way."""
+        ids = list(dict.fromkeys(r.customer_id for r in requests))
+        read_async = getattr(self.features, "read_many_async", None)
+        if read_async is None:
+            return self.recommend_many(requests)
+        vectors = await read_async(ids)
+        return self.recommend_many(requests, dict(zip(ids, vectors, strict=True)))
 
     def _rank(
         self, request: RecommendRequest, customer: _Customer, total: np.ndarray, parts: np.ndarray
@@ -378,13 +407,12 @@ class RecommendationEngine:
             matches = np.flatnonzero(self.category_names == request.category)
             allowed &= self.category == (matches[0] if len(matches) else -1)
         final = total + sum(extras.values(), np.zeros(len(total)))
-        ranked = np.argsort(-np.where(allowed, final, -np.inf), kind="stable")
-        ranked = ranked[allowed[ranked]][: max(4 * request.k, request.k)]
+        ranked = _best(final, allowed, 4 * request.k)
         chosen = self.rules.diversify(ranked, request.k)
         return Recommendation(
             items=[
                 {
-                    "product_id": str(self.product_ids[i]),
+                    "product_id": self.product_names[i],
                     "score": round(float(final[i]), 6),
                     "contributions": {
                         **{
@@ -459,6 +487,19 @@ class RecommendationEngine:
         answer = self._rank(RecommendRequest("smoke", k=5), customer, total[0], parts[0])
         if not answer.items or not np.isfinite([i["score"] for i in answer.items]).all():
             raise ValueError("bundle produced no finite recommendation for a cold customer")
+
+
+def _best(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` best allowed items, best first, ties to the lower index: a partial sort,
+    since only a carousel's worth of thousands of items is ever shown."""
+    candidates = np.flatnonzero(allowed)
+    values = scores[candidates]
+    if n < len(candidates):
+        # Keep everything tied with the n-th best so the tie-break sees them all.
+        kth = np.partition(values, len(values) - n)[len(values) - n]
+        keep = values >= kth
+        candidates, values = candidates[keep], values[keep]
+    return candidates[np.lexsort((candidates, -values))][:n]
 
 
 def _top(scores: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

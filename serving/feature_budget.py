@@ -10,6 +10,7 @@ instead of queueing behind them, and the store is probed again on the next reque
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,10 @@ class BudgetedFeatureSource:
 
     def __getattr__(self, name: str) -> Any:
         # clock, defaults(), features...: whatever the engine or service reads off a reader.
+        # Only called for names not found normally; "reader" itself missing (mid-copy or
+        # unpickling) must not recurse.
+        if name == "reader":
+            raise AttributeError(name)
         return getattr(self.reader, name)
 
     def read_many(self, entity_ids: Sequence[str]) -> list[FeatureVector]:
@@ -52,6 +57,22 @@ class BudgetedFeatureSource:
         try:
             return future.result(timeout=self.timeout)
         except FutureTimeout:
+            self.timeouts += 1
+            budget = round(self.timeout * 1000)
+            return self._unavailable(entity_ids, f"online store slower than {budget} ms")
+
+    async def read_many_async(self, entity_ids: Sequence[str]) -> list[FeatureVector]:
+        """:meth:`read_many` for the event loop: the request waits without holding a thread
+        (one hop to the reader pool and back, instead of two through BentoML's)."""
+        with self._lock:
+            if self._busy >= self.threads:
+                return self._unavailable(entity_ids, "every online-store reader is stuck")
+            self._busy += 1
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._read, list(entity_ids))
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
             self.timeouts += 1
             budget = round(self.timeout * 1000)
             return self._unavailable(entity_ids, f"online store slower than {budget} ms")

@@ -69,7 +69,13 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
-@bentoml.service(traffic={"timeout": 10})
+# Access logs and tracing spans off on the request path: measured (loadtests/latency.py)
+# at +42% throughput on one worker; the metrics keep counts and latencies per endpoint.
+@bentoml.service(
+    traffic={"timeout": 10},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": "/recommend,/recommend/batch,/similar,/segment,/events"},
+)
 class Segrec:
     def __init__(self) -> None:
         self.settings = SETTINGS
@@ -151,7 +157,7 @@ class Segrec:
                 metrics.MISSING_FEATURES.labels(view=view).inc()
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         customer_id: Annotated[str, Field(min_length=1, max_length=128)],
         k: K = 10,
@@ -159,18 +165,20 @@ class Segrec:
         product_id: str | None = None,
         category: str | None = None,
         exclude: Annotated[list[str], Field(max_length=1000)] = [],  # noqa: B006 (pydantic copies)
-    ) -> dict[str, Any]:
+    ) -> Any:
         """A ranked carousel for one customer, with each item's contributions (why it is
         there), the segment, lifecycle stage, bundle version and any fallback reason."""
         engine = self._engine()
         started = time.perf_counter()
         request = RecommendRequest(customer_id, k, placement, product_id, category, tuple(exclude))
-        answer = engine.recommend_many([request])[0]
+        answer = (await engine.recommend_many_async([request]))[0]
         self._observe("recommend", [answer], time.perf_counter() - started)
-        return answer.as_json(customer_id)
+        # A ready response passes through BentoML untouched; a dict is validated against
+        # a schema rebuilt per response (measured at +15% throughput).
+        return JSONResponse(answer.as_json(customer_id))
 
     @bentoml.api(route="/recommend/batch")
-    def recommend_batch(self, requests: list[BatchRequest]) -> Any:
+    async def recommend_batch(self, requests: list[BatchRequest]) -> Any:
         """Many carousels in one call (campaign e-mails): one online-store read and one
         blend for the whole batch. At most ``SEGREC_MAX_BATCH_CUSTOMERS`` requests."""
         if len(requests) > self.settings.max_batch_customers:
@@ -188,12 +196,16 @@ class Segrec:
             )
             for r in requests
         ]
-        answers = engine.recommend_many(batch)
+        answers = await engine.recommend_many_async(batch)
         self._observe("recommend_batch", answers, time.perf_counter() - started)
-        return {
-            "bundle_version": engine.bundle.version,
-            "results": [a.as_json(r.customer_id) for r, a in zip(requests, answers, strict=True)],
-        }
+        return JSONResponse(
+            {
+                "bundle_version": engine.bundle.version,
+                "results": [
+                    a.as_json(r.customer_id) for r, a in zip(requests, answers, strict=True)
+                ],
+            }
+        )
 
     @bentoml.api(route="/segment")
     def segment(self, customer_id: Annotated[str, Field(min_length=1, max_length=128)]) -> Any:

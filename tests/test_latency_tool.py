@@ -1,0 +1,218 @@
+"""The latency benchmark's own logic: statistics, workload, load loops, servers, report.
+
+No assertion here times the system under test: the loops run against a tiny local app at
+a low rate, and only counts and bookkeeping are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loadtests.latency import (
+    IdSampler,
+    ServerSpec,
+    StepResult,
+    aiohttp_sender,
+    client_session,
+    closed_loop,
+    median_of,
+    open_loop,
+    percentiles,
+    summarise,
+    summarise_steps,
+    write_report,
+)
+from segrec.service_process import free_port, running_service
+
+
+def test_percentiles_interpolate_between_order_statistics() -> None:
+    # 1..101: the q-th percentile is exactly q + 1; 1..4: p50 halfway between 2 and 3.
+    found = percentiles(list(range(1, 102)))
+    assert (found["p50_ms"], found["p90_ms"], found["p99_ms"]) == (51.0, 91.0, 100.0)
+    assert found["mean_ms"] == 51.0 and found["max_ms"] == 101.0
+    assert percentiles([4.0, 1.0, 3.0, 2.0], (50,))["p50_ms"] == 2.5
+    assert np.isnan(percentiles([])["p99_ms"])
+
+
+def test_summary_counts_failures_and_degraded_answers_apart() -> None:
+    result = StepResult(elapsed=2.0)
+    for latency in (0.001, 0.002, 0.003):
+        result.record(latency, 200, b'{"fallback":null}')
+    result.record(0.004, 200, b'{"fallback":"store_unavailable"}')
+    result.record(0.5, 503)
+    result.record(0.5, "ClientConnectorError")
+    summary = summarise(result)
+    assert (summary["requests"], summary["ok"], summary["failed"]) == (6, 4, 2)
+    assert summary["failures"] == {"503": 1, "ClientConnectorError": 1}
+    assert summary["degraded"] == 1
+    assert summary["achieved_rps"] == 2.0  # successes over the step's length
+    assert summary["p50_ms"] == 2.5 and summary["max_ms"] == 4.0
+
+
+def test_median_of_runs_keeps_the_range() -> None:
+    runs = [{"p99_ms": 3.0}, {"p99_ms": 1.0}, {"p99_ms": 10.0}, {"p99_ms": float("nan")}]
+    assert median_of(runs, ["p99_ms"]) == {"runs": 4, "p99_ms": 3.0, "p99_ms_range": [1.0, 10.0]}
+
+
+def test_sampler_draws_known_ids_zipf_like_and_some_unknown() -> None:
+    ids = [f"c_{i:04d}" for i in range(1000)]
+    sampler = IdSampler(ids, unknown_share=0.05, seed=3)
+    drawn = sampler.draw(20_000, np.random.default_rng(1))
+    known = set(ids)
+    unknown = [c for c in drawn if c not in known]
+    assert 0.04 < len(unknown) / len(drawn) < 0.06
+    counts = Counter(c for c in drawn if c in known).most_common()
+    # A handful of busy customers, a long tail.
+    assert counts[0][1] > 20 * np.median([n for _, n in counts])
+    body = json.loads(sampler.bodies(1, np.random.default_rng(0))[0])
+    assert set(body) == {"customer_id", "k"}
+
+
+def test_server_specs_parse_knobs_into_config_and_patches(tmp_path: Path) -> None:
+    spec = ServerSpec.parse("bentoml+nolog+threads4+inline_read+switch_1ms")
+    assert spec.bentoml_config == {"logging": {"access": {"enabled": False}}, "threads": 4}
+    assert spec.patches == ("inline_read", "switch_1ms")
+    assert spec.command(3000)[1:3] == ["serve", "loadtests.bare_app:Segrec"]
+    env = spec.environment(tmp_path)
+    assert env["SEGREC_LATENCY_PATCHES"] == "inline_read,switch_1ms"
+    written = json.loads(Path(env["BENTOML_CONFIG"]).read_text())
+    assert written == {"services": {"Segrec": spec.bentoml_config}}
+    assert ServerSpec.parse("bentoml").command(3000)[2] == "serving.service:Segrec"
+    assert ServerSpec.parse("bare+inline_read").patches == ("inline_read",)
+    for bad in ("bare+nolog", "bare+gc_freeze", "flask", "bentoml+turbo"):
+        with pytest.raises(ValueError, match="server"):
+            ServerSpec.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_app() -> Iterator[tuple[str, list[float]]]:
+    """A local Starlette app under uvicorn in a thread; records when requests arrive."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    arrivals: list[float] = []
+
+    async def recommend(request: Request) -> JSONResponse:
+        arrivals.append(time.monotonic())
+        body = await request.json()
+        if body["customer_id"] == "c_fail":
+            return JSONResponse({"error": "no"}, status_code=500)
+        return JSONResponse({"customer_id": body["customer_id"], "fallback": None})
+
+    app = Starlette(routes=[Route("/recommend", recommend, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/recommend", arrivals
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_open_loop_sends_at_the_fixed_rate_whatever_the_answers(
+    tiny_app: tuple[str, list[float]],
+) -> None:
+    url, arrivals = tiny_app
+    bodies = [json.dumps({"customer_id": f"c_{i}"}).encode() for i in range(40)]
+    bodies[7] = json.dumps({"customer_id": "c_fail"}).encode()
+
+    async def run() -> StepResult:
+        async with client_session() as session:
+            return await open_loop(aiohttp_sender(session, url), bodies, rate=20.0)
+
+    arrivals.clear()
+    result = asyncio.run(run())
+    assert len(result.latencies) == 39 and result.failures == {"500": 1}
+    assert len(result.lags) == 40 and result.elapsed >= 40 / 20.0
+    # Arrivals follow the schedule (1/20 s apart), not the answers: the span of 40
+    # arrivals is about 39 intervals. Loose bounds: this checks the scheduler, not speed.
+    span = arrivals[-1] - arrivals[0]
+    assert 39 / 20.0 * 0.8 < span < 39 / 20.0 * 1.5
+
+
+def test_closed_loop_keeps_its_clients_busy(tiny_app: tuple[str, list[float]]) -> None:
+    url, _ = tiny_app
+    bodies = [json.dumps({"customer_id": "c_1"}).encode()]
+
+    async def run() -> StepResult:
+        async with client_session() as session:
+            return await closed_loop(aiohttp_sender(session, url), bodies, 3, 0.5)
+
+    result = asyncio.run(run())
+    assert len(result.latencies) >= 3 and not result.failures
+    assert result.elapsed >= 0.5
+
+
+def test_a_server_process_is_stopped_even_when_the_block_fails(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        running_service(
+            command,
+            f"http://127.0.0.1:{port}",
+            tmp_path / "server.log",
+            ready_path="/",
+            ready_timeout=20,
+        ) as service,
+    ):
+        raise RuntimeError("boom")
+    assert service.process.poll() is not None  # stopped by SIGTERM to its group
+
+
+def test_report_has_medians_ratios_goals_and_a_plot(tmp_path: Path) -> None:
+    specs = [ServerSpec.parse("bentoml"), ServerSpec.parse("bare")]
+    steps = []
+    for repeat in range(3):
+        for rate, scale in ((50.0, 1.0), (200.0, 2.0)):
+            for label, p99 in (("bentoml", 12.0 * scale), ("bare", 6.0 * scale)):
+                steps.append(
+                    {
+                        "server": label,
+                        "mode": "open",
+                        "rate": rate,
+                        "repeat": repeat,
+                        "p50_ms": p99 / 2,
+                        "p90_ms": p99 * 0.8,
+                        "p99_ms": p99 + repeat,
+                        "mean_ms": p99 / 2,
+                        "achieved_rps": rate,
+                        "failed": 0,
+                        "degraded": 0,
+                    }
+                )
+        for label, rps in (("bentoml", 100.0), ("bare", 180.0)):
+            steps.append(
+                {"server": label, "mode": "closed", "repeat": repeat, "achieved_rps": rps}
+                | {"p50_ms": 5.0, "p99_ms": 9.0, "failed": 0, "degraded": 0}
+            )
+    summary = summarise_steps(steps, specs, (50.0, 200.0))
+    assert summary["latency"]["bentoml"]["200"]["p99_ms"] == 25.0  # median of 24, 25, 26
+    assert summary["throughput"]["bare"]["achieved_rps"] == 180.0
+    ratios = summary["ratios"]["bentoml"]
+    assert ratios["reference"] == "bare" and ratios["throughput_ratio_bare_over_this"] == 1.8
+    assert ratios["p99_ratio_this_over_bare_at_50"] == pytest.approx(13 / 7, abs=1e-3)
+    assert summary["goals"]["bentoml"] == {
+        "p99_under_15ms_at_200": False,
+        "throughput_within_1.5x_of_bare": False,
+    }
+    report = {"machine": {"pinning": "test"}, "steps": steps, "summary": summary}
+    json_path, png_path = write_report(report, tmp_path / "bench")
+    assert json.loads(json_path.read_text())["summary"]["throughput"]["bentoml"]["runs"] == 3
+    assert png_path.stat().st_size > 1000
