@@ -108,3 +108,19 @@ def trained_small(tmp_path_factory: pytest.TempPathFactory, small: Dataset) -> t
     )
     run_segmentation(settings, progress=False)
     return settings, run_training(settings)
+
+
+def serving_workspace(trained: Settings, root: Path, bundle_dir: Path | None = None) -> Settings:
+    """A data directory for one serving process under ``root``: the trained features
+    (read only, linked), a copy of the Feast registry and online store (sessions are
+    written there) and, when given, a copy of the bundle. Events, sessions and reloads
+    there do not leak into other tests."""
+    import shutil
+
+    data = root / "data"
+    data.mkdir(parents=True)
+    (data / "features").symlink_to(trained.features_dir.resolve())
+    shutil.copytree(trained.feast_dir, data / "feast")
+    if bundle_dir is not None:
+        shutil.copytree(bundle_dir, data / "bundles" / bundle_dir.name)
+    return trained.model_copy(update={"data_dir": data, "feast_state_dir": None})

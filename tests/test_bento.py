@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from segrec.service_process import bentoml_command, free_port, running_service
 from segrec.settings import PROJECT_ROOT, Settings
 from serving.bento_build import REQUIREMENTS, build_bento
+from tests.conftest import serving_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,10 +45,7 @@ def test_the_bento_carries_the_bundle_and_serves_it(
         assert f"\n{training_only}==" not in requirements
 
     # Served from the Bento, with no bundles directory: the bundle comes from the model.
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "features").symlink_to(settings.features_dir.resolve())
-    shutil.copytree(settings.feast_dir, data / "feast")
+    data = serving_workspace(settings, tmp_path).data_dir  # no bundles directory in it
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"SEGREC_DATA_DIR": str(data), "BENTOML_HOME": home}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from segrec.settings import Settings
+from tests.conftest import serving_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,14 +26,11 @@ def client(
 ) -> Iterator[TestClient]:
     trained, run = trained_small
     assert run.export is not None
-    data = tmp_path_factory.mktemp("asgi") / "data"
-    data.mkdir()
-    (data / "features").symlink_to(trained.features_dir.resolve())
-    shutil.copytree(trained.feast_dir, data / "feast")
-    bundle = Path(run.export.bundle_dir)
-    shutil.copytree(bundle, data / "bundles" / bundle.name)
+    settings = serving_workspace(
+        trained, tmp_path_factory.mktemp("asgi"), Path(run.export.bundle_dir)
+    )
     env = {
-        "SEGREC_DATA_DIR": str(data),
+        "SEGREC_DATA_DIR": str(settings.data_dir),
         "SEGREC_FEAST_REPO": str(trained.feast_repo),
         "SEGREC_MAX_BATCH_EVENTS": "3",
         "SEGREC_SERVING_TIMEOUT_MS": "500",

@@ -20,6 +20,7 @@ import pytest
 
 from segrec.service_process import bentoml_command, free_port, running_service
 from segrec.settings import Settings
+from tests.conftest import serving_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,15 +73,9 @@ def server(
 ) -> Iterator[Server]:
     trained, run = trained_small
     assert run.export is not None
-    # Its own data directory: events, sessions and reloads here must not leak into other
-    # tests. Features are only read; the online store and bundles are copied.
-    data = tmp_path_factory.mktemp("serving") / "data"
-    data.mkdir()
-    (data / "features").symlink_to(trained.features_dir.resolve())
-    shutil.copytree(trained.feast_dir, data / "feast")
-    bundle = Path(run.export.bundle_dir)
-    shutil.copytree(bundle, data / "bundles" / bundle.name)
-    settings = trained.model_copy(update={"data_dir": data, "feast_state_dir": None})
+    root = tmp_path_factory.mktemp("serving")
+    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    data = settings.data_dir
     port = free_port()
     env = {
         "SEGREC_DATA_DIR": str(data),
