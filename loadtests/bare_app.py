@@ -43,7 +43,6 @@ PATCHES_ENV = "SEGREC_LATENCY_PATCHES"
 ENGINE_PATCHES = ("inline_read", "switch_1ms")
 SERVICE_PATCHES: tuple[str, ...] = ()  # BentoML-only prototypes: none open at present
 KNOWN_PATCHES = ENGINE_PATCHES + SERVICE_PATCHES
-PLACEMENTS = ("home", "product", "cart", "email")
 
 
 def requested_patches(value: str | None = None) -> list[str]:
@@ -104,7 +103,7 @@ def create_app(engine: RecommendationEngine) -> Starlette:
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
-    from serving.engine import RecommendRequest
+    from serving.engine import PLACEMENTS, RecommendRequest
 
     async def recommend(request: Request) -> Response:
         try:

@@ -77,9 +77,7 @@ PERCENTILES = (50, 90, 99)
 BENTOML_KNOBS = ("nolog", "nometrics", "notrace", "threadsN")
 TRACE_EXCLUDED = "/recommend,/similar,/segment"
 SERVICE_NAME = "Segrec"
-FEAST_READ = "read: feast get_online_features"
 FEAST_READ_DIRECT = "read: feast provider online_read (per view)"
-FEAST_TO_DICT = "read: feast to_dict"
 
 Send = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 DEGRADED_MARK = b"store_unavailable"  # the fallback of a read past its time budget
@@ -499,7 +497,7 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
     samples = timers.samples
     # Derived stages from sums, not per-request differences: a read past the budget
     # finishes in the background, so its timings may land beside another request's.
-    feast = sum(sum(samples.get(k, [])) for k in (FEAST_READ, FEAST_READ_DIRECT, FEAST_TO_DICT))
+    feast = sum(samples.get(FEAST_READ_DIRECT, []))
     derived = {
         "read: segrec decoding, ttl checks and defaults": sum(samples["read: reader"]) - feast
     }
