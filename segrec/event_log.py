@@ -237,21 +237,22 @@ class LogLine:
         return self.error is None
 
 
-def log_files(directory: Path) -> list[Path]:
+def log_files(directory: Path, prefix: str = FILE_PREFIX) -> list[Path]:
     """Every log file under ``directory``, in name order (day, then writer)."""
     if not directory.is_dir():
         return []
-    return sorted(directory.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+    return sorted(directory.glob(f"{prefix}*{FILE_SUFFIX}"))
 
 
-def read_event_log(directory: Path) -> Iterator[LogLine]:
-    """Yield every line of every log file under ``directory`` (none if it is missing).
+def read_event_log(directory: Path, prefix: str = FILE_PREFIX) -> Iterator[LogLine]:
+    """Yield every line of every log file under ``directory`` (none if it is missing);
+    ``prefix`` picks other JSON-lines logs of the same layout (exposures).
 
     Bad lines are yielded with an ``error``, never raised: an unparseable line, one that
     is not a JSON object, and a last line without its newline (a crash mid-append, or a
     write in progress that a later read will see complete).
     """
-    for path in log_files(directory):
+    for path in log_files(directory, prefix):
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n")

@@ -141,6 +141,28 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most customers in one /recommend/batch request."
     )
     max_batch_events: int = Field(1000, ge=1, description="Most events in one /events request.")
+    tactics_file: Path = Field(
+        PROJECT_ROOT / "serving" / "config" / "tactics.yaml",
+        description="Personalisation rules (YAML, versioned): conditions over customer "
+        "features, segment and live session mapped to offers, messages, boosts and filters.",
+    )
+    experiments_file: Path = Field(
+        PROJECT_ROOT / "serving" / "config" / "experiments.yaml",
+        description="A/B experiments (YAML): variants, traffic split, placements, segments, "
+        "dates. A missing file means no experiments.",
+    )
+    config_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often serving checks the tactics and experiments files for changes "
+        "(a changed file is validated, then swapped in; an invalid one is refused).",
+    )
+    experiment_attribution_hours: float = Field(
+        24.0,
+        gt=0,
+        description="An outcome (view, cart, purchase of a shown item) counts for the newest "
+        "exposure that showed the item at most this many hours before.",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="Bearer token for /admin/* endpoints; unset disables them (403).",
@@ -233,6 +255,18 @@ class Settings(BaseSettings):
     eval_validation_days: float = Field(
         28.0, gt=0, description="The days before the test window used to fit blend weights."
     )
+    churn_horizon_days: int = Field(
+        60,
+        ge=1,
+        description="Churn risk (make train) is the chance of no purchase in this many days "
+        "after the newest feature snapshot.",
+    )
+    clv_horizon_days: int = Field(
+        180,
+        ge=1,
+        description="Customer lifetime value (make train) is the expected spend over this many "
+        "days after the newest feature snapshot.",
+    )
     blend_min_customers: int = Field(
         30,
         ge=1,
@@ -302,6 +336,12 @@ class Settings(BaseSettings):
         """Where serving appends accepted live events (one JSON-lines file per writer and
         day) and where ``train`` ingests them from; shared by every serving pod."""
         return self.data_dir / "events" / "live"
+
+    @property
+    def exposure_log_dir(self) -> Path:
+        """Where serving logs which experiment variant each customer was shown
+        (``segrec.experiments``); ``make ab-report`` reads it with the event log."""
+        return self.data_dir / "events" / "exposures"
 
     @property
     def uses_development_secret(self) -> bool:

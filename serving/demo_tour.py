@@ -2,12 +2,14 @@
 
 Starts ``bentoml serve <bento>``, asks for carousels for customers of three different
 segments and for an unknown visitor, posts a short shopping session for one of them and
-shows how their next carousels changed, prints the evaluation summary and where the
-reports are, and stops the server.
+shows how their next carousels changed, leaves another customer's basket for twenty
+minutes so a tactics rule fires, shows one customer from each arm of the running
+experiment, prints the evaluation summary and where the reports are, and stops the server.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import urllib.error
 import urllib.request
@@ -19,8 +21,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from segrec.experiments import load_experiments
 from segrec.service_process import bentoml_command, free_port, running_service
 from segrec.settings import Settings
+from serving.loading import feature_clock
 
 UNKNOWN_VISITOR = "c_0000000000000000"
 SHOWN = 5
@@ -66,6 +70,13 @@ class Tour:
         caption = f"segment: {segment['name']} ({segment['assigned']})" if segment else "segment: -"
         caption += f" | stage: {answer['lifecycle_stage'] or '-'}"
         caption += f" | fallback: {answer['fallback'] or 'none (fully personal)'}"
+        tactics = answer.get("tactics") or {}
+        if tactics.get("rules"):
+            acts = ", ".join(f"{k}={v}" for k, v in tactics.items() if k != "rules")
+            caption += f"\nrules: {', '.join(tactics['rules'])}" + (f" ({acts})" if acts else "")
+        if answer.get("experiment"):
+            experiment = answer["experiment"]
+            caption += f"\nexperiment: {experiment['name']}, variant {experiment['variant']}"
         table = Table(title=title, caption=caption, title_justify="left")
         for column in ("#", "product", "category", "price", "score", "mostly from"):
             table.add_column(column)
@@ -125,7 +136,45 @@ class Tour:
             "browsed."
         )
         self.show("Cart 'complete the basket'", self.carousel(shopper, placement="cart"))
+        self.abandoned_basket(str(customers.iloc[1]["customer_id"]), browsed[2])
+        self.experiment(customers)
         self.summary()
+
+    def abandoned_basket(self, customer_id: str, product_id: str) -> None:
+        """A basket left 20 minutes ago: the cart-abandonment rule fires (the service's
+        clock is the data's, computed here the same way)."""
+        self.console.rule(f"A basket {customer_id} left twenty minutes ago")
+        left_at = feature_clock(self.settings)() - dt.timedelta(minutes=20)
+        event = {
+            "customer_id": customer_id,
+            "product_id": product_id,
+            "type": "add_to_cart",
+            "ts": left_at.isoformat(),
+            "price": float(self.products["price"][product_id]),
+            "session_id": "demo-abandoned",
+        }
+        post(f"{self.url}/events", {"events": [event]})
+        answer = self.carousel(customer_id)
+        self.show("Home 'for you' with a basket waiting", answer)
+        fired = answer.get("tactics", {}).get("rules", [])
+        self.console.print(f"Tactics rules applied: {', '.join(fired) or 'none'}")
+
+    def experiment(self, customers: pd.DataFrame) -> None:
+        """One customer in each arm of the first running experiment."""
+        config = load_experiments(self.settings.experiments_file)
+        if not config.experiments:
+            return
+        experiment = config.experiments[0]
+        self.console.rule(f"Experiment {experiment.name}: one customer per variant")
+        segments = pd.read_parquet(self.settings.features_dir / "customer_segments.parquet")
+        pool = [str(c) for c in segments["customer_id"].drop_duplicates()]
+        placement = experiment.placements[0]
+        for variant in experiment.shares():
+            chosen = next((c for c in pool if experiment.assign(c) == variant), None)
+            if chosen is None:
+                continue
+            answer = self.carousel(chosen, placement=placement)
+            self.show(f"{placement} for {chosen} (variant {variant})", answer)
 
     def summary(self) -> None:
         self.console.rule("Evaluation summary")

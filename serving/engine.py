@@ -25,10 +25,13 @@ import numpy as np
 
 from segrec.blend import blend, normalise
 from segrec.bundle import Bundle
+from segrec.experiments import BLEND
 from segrec.filters import FilterRules
 from segrec.lifecycle import LifecycleRules
 from segrec.online_features import FeatureVector
 from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates, unit_rows
+from serving.personalisation import Assignment, Personalisation
+from serving.tactics import NO_TACTICS, RULE_FEATURES, AppliedTactics, Catalogue
 
 COLD_START_EVENTS = 5  # as in training: fewer known events than this = cold start
 PLACEMENTS = ("home", "product", "cart", "email")
@@ -77,6 +80,8 @@ class Recommendation:
     fallback: str | None  # why the answer is not fully personalised, else None
     missing_features: list[str] = field(default_factory=list)
     live_session: bool = False  # the live session shaped this answer
+    tactics: AppliedTactics = NO_TACTICS
+    experiment: Assignment | None = None
 
     def as_json(self, customer_id: str) -> dict[str, Any]:
         """The HTTP answer for ``customer_id`` (every front end returns the same)."""
@@ -88,6 +93,8 @@ class Recommendation:
             "bundle_version": self.bundle_version,
             "fallback": self.fallback,
             "live_session": self.live_session,
+            "tactics": self.tactics.as_json(),
+            "experiment": None if self.experiment is None else self.experiment.as_json(),
         }
 
 
@@ -122,6 +129,7 @@ class RecommendationEngine:
         *,
         clock: Callable[[], dt.datetime] | None = None,
         policy: ServingPolicy | None = None,
+        personalisation: Personalisation | None = None,
     ) -> None:
         self.bundle = bundle
         self.features = features
@@ -155,6 +163,15 @@ class RecommendationEngine:
         self.cold_weights = blend_group.get("cold_weights")
         self.popularity_only = np.array([1.0 if m == "popularity" else 0.0 for m in self.models])
         self.lifecycle = LifecycleRules()
+        self.catalogue = Catalogue(
+            category_names=[str(c) for c in self.category_names],
+            item_category=self.category,
+            item_price_band=items.get("price_band", np.full(len(self.category), 3)),
+            model_names=list(self.models),
+            segment_names=list(bundle.segment_model.segment_names),
+        )
+        # Swapped whole when the tactics or experiments files change (one attribute store).
+        self.personalisation = personalisation or Personalisation()
         # Unit item vectors for "similar" and the page context, computed once: content
         # vectors say "the same kind of thing", ALS factors "bought by the same people".
         self.item_spaces: dict[str, np.ndarray] = {}
@@ -275,10 +292,13 @@ class RecommendationEngine:
             float(tenure), idle_days, float(values.get("frequency") or 0)
         )
 
-    def _weights(self, customer: _Customer) -> np.ndarray:
+    def _weights(self, customer: _Customer, model: str | None = None) -> np.ndarray:
         if not customer.personal:
             # Nothing personal may be used: global popularity alone.
             return self.popularity_only
+        if model is not None and model in self.models:
+            # An experiment variant or a rule chose one model alone.
+            return np.array([1.0 if m == model else 0.0 for m in self.models])
         has_factors = bool(customer.vector.values.get("als_factors"))
         cold = len(customer.items) < COLD_START_EVENTS and not has_factors
         if cold and self.cold_weights is not None:
@@ -357,16 +377,61 @@ class RecommendationEngine:
         ids = list(dict.fromkeys(r.customer_id for r in requests))
         if vectors is None:
             vectors = dict(zip(ids, self.features.read_many(ids), strict=True))
-        now = self.clock().timestamp()
+        moment = self.clock()
+        now = moment.timestamp()
         customers = {c: self._customer(vectors[c], now) for c in ids}
         chosen = [customers[r.customer_id] for r in requests]
+        personalisation = self.personalisation  # one version for the whole batch
+        assignments = [
+            personalisation.assign(r.customer_id, r.placement, c.segment, moment)
+            if c.personal
+            else None
+            for r, c in zip(requests, chosen, strict=True)
+        ]
+        applied = [
+            personalisation.tactics.evaluate(
+                self._facts(r, c, now),
+                personal=c.personal,
+                rule_set=a.rule_set if a is not None else None,
+            )
+            for r, c, a in zip(requests, chosen, assignments, strict=True)
+        ]
         scores = np.stack([self._scores(c) for c in chosen])  # (requests, models, items)
-        weights = np.stack([self._weights(c) for c in chosen])  # (requests, models)
+        weights = np.stack(
+            [
+                self._weights(c, _model_choice(a, t))
+                for c, a, t in zip(chosen, assignments, applied, strict=True)
+            ]
+        )  # (requests, models)
         totals, parts = blend(normalise(scores), weights)
         return [
-            self._rank(request, customer, totals[n], parts[n])
+            self._rank(request, customer, totals[n], parts[n], applied[n], assignments[n])
             for n, (request, customer) in enumerate(zip(requests, chosen, strict=True))
         ]
+
+    def _facts(self, request: RecommendRequest, customer: _Customer, now: float) -> dict[str, Any]:
+        """What tactics rules can test for this request (:data:`serving.tactics.RULE_FEATURES`)."""
+        facts: dict[str, Any] = {
+            "placement": request.placement,
+            "known_customer": customer.personal,
+        }
+        if not customer.personal:
+            return facts
+        values = customer.vector.values
+        for name in RULE_FEATURES:
+            value = values.get(name)
+            if value is not None and not (isinstance(value, float) and value != value):
+                facts[name] = value
+        if customer.segment is not None:
+            facts["segment_id"] = customer.segment["id"]
+            facts["segment_name"] = customer.segment["name"]
+        facts["lifecycle_stage"] = customer.lifecycle
+        session_at = values.get("last_event_unix")
+        facts["live_session"] = bool(session_at)
+        facts["cart_items"] = len(customer.session_items.get("carted", ()))
+        if session_at:
+            facts["minutes_since_last_event"] = max(now - float(session_at), 0.0) / 60.0
+        return facts
 
     async def recommend_many_async(
         self, requests: Sequence[RecommendRequest]
@@ -382,7 +447,13 @@ class RecommendationEngine:
         return self.recommend_many(requests, dict(zip(ids, vectors, strict=True)))
 
     def _rank(
-        self, request: RecommendRequest, customer: _Customer, total: np.ndarray, parts: np.ndarray
+        self,
+        request: RecommendRequest,
+        customer: _Customer,
+        total: np.ndarray,
+        parts: np.ndarray,
+        applied: AppliedTactics = NO_TACTICS,
+        assignment: Assignment | None = None,
     ) -> Recommendation:
         extras: dict[str, np.ndarray] = {}
         # A product page's context needs no consent: it is the page, not the customer.
@@ -403,6 +474,10 @@ class RecommendationEngine:
                 boost[session] = self.policy.session_boost
         if boost.any():
             extras["session"] = boost
+        if applied.boost is not None:
+            extras["tactic"] = applied.boost
+        if applied.filter is not None:
+            allowed &= applied.filter
         if request.category is not None:
             matches = np.flatnonzero(self.category_names == request.category)
             allowed &= self.category == (matches[0] if len(matches) else -1)
@@ -431,6 +506,8 @@ class RecommendationEngine:
             fallback=customer.fallback,
             missing_features=customer.vector.missing,
             live_session=customer.live,
+            tactics=applied,
+            experiment=assignment,
         )
 
     def segment(self, customer_id: str) -> dict[str, Any]:
@@ -487,6 +564,14 @@ class RecommendationEngine:
         answer = self._rank(RecommendRequest("smoke", k=5), customer, total[0], parts[0])
         if not answer.items or not np.isfinite([i["score"] for i in answer.items]).all():
             raise ValueError("bundle produced no finite recommendation for a cold customer")
+
+
+def _model_choice(assignment: Assignment | None, applied: AppliedTactics) -> str | None:
+    """The model to use alone, if any: an experiment variant's choice wins over a rule's
+    (the experiment is what is being measured)."""
+    if assignment is not None and assignment.model != BLEND:
+        return assignment.model
+    return applied.model if applied.model not in (None, BLEND) else None
 
 
 def _best(scores: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from segrec.feature_store import open_store
 from segrec.online_features import OnlineFeatureReader
 from segrec.settings import Settings
 from serving.engine import FeatureSource, RecommendationEngine, ServingPolicy
+from serving.personalisation import Personalisation, load_personalisation
 
 SERVING_FEATURE_SERVICE = "customer_serving_v2"
 BUNDLE_VERSION = re.compile(r"bundle-[0-9A-Za-z._-]{1,64}")
@@ -101,13 +102,22 @@ def build_engine(
     features: FeatureSource | None = None,
 ) -> RecommendationEngine:
     """The engine over ``bundle`` (default :func:`load_bundle`) and ``features`` (default
-    :func:`open_reader`), with the settings' serving policy and feature clock."""
-    return RecommendationEngine(
+    :func:`open_reader`), with the settings' serving policy, feature clock, tactics and
+    experiments (raises :class:`serving.personalisation.PersonalisationError` when those
+    files do not fit the bundle)."""
+    engine = RecommendationEngine(
         bundle or load_bundle(settings),
         features or open_reader(settings),
         clock=feature_clock(settings),
         policy=serving_policy(settings),
     )
+    engine.personalisation = personalisation_for(settings, engine)
+    return engine
+
+
+def personalisation_for(settings: Settings, engine: RecommendationEngine) -> Personalisation:
+    """The settings' tactics and experiments files, checked against ``engine``'s bundle."""
+    return load_personalisation(settings.tactics_file, settings.experiments_file, engine.catalogue)
 
 
 def serving_policy(settings: Settings) -> ServingPolicy:

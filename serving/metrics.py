@@ -56,3 +56,18 @@ RELOADS = Counter(
     documentation="Bundle reload attempts by outcome (swapped, unchanged, rejected).",
     labelnames=["outcome"],
 )
+TACTIC_RULES = Counter(
+    name="segrec_tactic_rules_total",
+    documentation="Tactics rules applied to recommendation answers, by rule id.",
+    labelnames=["rule"],
+)
+EXPOSURES = Counter(
+    name="segrec_experiment_exposures_total",
+    documentation="Answers served within an experiment, by experiment and variant.",
+    labelnames=["experiment", "variant"],
+)
+CONFIG_RELOADS = Counter(
+    name="segrec_config_reloads_total",
+    documentation="Tactics/experiments file changes picked up, by outcome (swapped, rejected).",
+    labelnames=["outcome"],
+)

@@ -6,21 +6,28 @@ Endpoints (all ``POST`` with a JSON body; see the README for examples):
 - ``/similar``: items like a product. ``/segment``: a customer's segment and stage.
 - ``/events``: storefront events, validated one by one, folded into the live session in
   the online store and appended to the durable event log the next training run ingests.
-- ``/admin/reload``: load a newer bundle, check it, swap it in (bearer token).
+- ``/admin/reload``: load a newer bundle, check it, swap it in (bearer token); also
+  re-reads the tactics and experiments files.
 - ``/livez``, ``/readyz``, ``/metrics`` (BentoML's, with segrec's metrics added).
 
 The service holds one :class:`~serving.engine.RecommendationEngine` at a time. A request
 takes the engine once and uses only it, so a reload swapping ``self.engine`` mid-request
 never mixes two bundles in one answer; the old engine is dropped when its last request
-finishes. Readiness means a bundle is loaded and passed its smoke test and the feature
-store's registry was read; it does not follow the online store's health afterwards (a
-down store answers with fallbacks, and pulling every pod out of the load balancer for it
-would turn degraded answers into none).
+finishes. The tactics and experiments files (``serving/config/``) are watched: a changed
+file is validated against the bundle and swapped in whole, or refused with the old
+rules still serving. Answers inside an experiment are logged as exposures
+(:mod:`segrec.experiments`) for ``make ab-report``.
+
+Readiness means a bundle is loaded and passed its smoke test and the feature store's
+registry was read; it does not follow the online store's health afterwards (a down store
+answers with fallbacks, and pulling every pod out of the load balancer for it would turn
+degraded answers into none).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import gc
 import hmac
@@ -35,6 +42,7 @@ from starlette.responses import JSONResponse
 
 from segrec.bundle import BundleError
 from segrec.event_log import EventLog
+from segrec.experiments import Exposure, ExposureLog
 from segrec.live_session import LiveSessionWriter
 from segrec.settings import Settings
 from serving import metrics
@@ -42,7 +50,8 @@ from serving.engine import Recommendation, RecommendationEngine, RecommendReques
 from serving.events import validate_events
 from serving.feature_budget import BudgetedFeatureSource
 from serving.limits import BodySizeLimit
-from serving.loading import build_engine, load_bundle, open_reader
+from serving.loading import build_engine, load_bundle, open_reader, personalisation_for
+from serving.personalisation import PersonalisationError, file_stamp
 
 logger = logging.getLogger("segrec.service")
 SETTINGS = Settings()
@@ -86,7 +95,9 @@ class Segrec:
         self._last_attempt = 0.0
         self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.event_log = EventLog(self.settings.event_log_dir)
+        self.exposure_log = ExposureLog(self.settings.exposure_log_dir)
         self._load()
+        threading.Thread(target=self._watch_config, name="config-watch", daemon=True).start()
 
     # ---- loading and readiness --------------------------------------------------------
     def _load(self) -> None:
@@ -136,6 +147,81 @@ class Segrec:
             version=engine.bundle.version, segments_version=engine.segments_version
         ).set(1)
 
+    def _watch_config(self) -> None:
+        """Swap in changed tactics/experiments files; a bad change is refused and logged."""
+        while True:
+            time.sleep(self.settings.config_poll_seconds)
+            try:
+                self.refresh_config()
+            except Exception:  # the watcher must outlive any surprise
+                logger.exception("checking the tactics and experiments files failed")
+
+    def refresh_config(self, force: bool = False) -> dict[str, Any]:
+        """Re-read the tactics and experiments files when they changed (or ``force``)."""
+        engine = self.engine
+        if engine is None:
+            return {"swapped": False, "reason": "no bundle loaded"}
+        stamps = (
+            file_stamp(self.settings.tactics_file),
+            file_stamp(self.settings.experiments_file),
+        )
+        if stamps == engine.personalisation.stamps and not force:
+            return {"swapped": False, "reason": "unchanged"}
+        try:
+            fresh = personalisation_for(self.settings, engine)
+        except PersonalisationError as error:
+            metrics.CONFIG_RELOADS.labels(outcome="rejected").inc()
+            # Remember the refused stamps: one error per change, not one per poll.
+            engine.personalisation = dataclasses.replace(engine.personalisation, stamps=stamps)
+            logger.error("tactics/experiments change refused, old rules keep serving: %s", error)
+            return {"swapped": False, "error": str(error)}
+        engine.personalisation = fresh
+        metrics.CONFIG_RELOADS.labels(outcome="swapped").inc()
+        logger.info(
+            "tactics %s and experiments %s now serving",
+            fresh.tactics.version,
+            fresh.experiments.version,
+        )
+        return {"swapped": True, **fresh.summary()}
+
+    def _log_exposures(
+        self,
+        engine: RecommendationEngine,
+        requests: list[RecommendRequest],
+        answers: list[Recommendation],
+    ) -> None:
+        now = engine.clock()
+        exposures = []
+        for request, answer in zip(requests, answers, strict=True):
+            for rule in answer.tactics.rules:
+                metrics.TACTIC_RULES.labels(rule=rule).inc()
+            assignment = answer.experiment
+            if assignment is None:
+                continue
+            metrics.EXPOSURES.labels(
+                experiment=assignment.experiment, variant=assignment.variant
+            ).inc()
+            exposures.append(
+                Exposure(
+                    customer_id=request.customer_id,
+                    experiment=assignment.experiment,
+                    variant=assignment.variant,
+                    placement=request.placement,
+                    items=tuple(item["product_id"] for item in answer.items),
+                    ts=now,
+                    bundle_version=answer.bundle_version,
+                    config_version=engine.personalisation.experiments.version,
+                    segment_id=None if answer.segment is None else int(answer.segment["id"]),
+                    segment_name=None if answer.segment is None else str(answer.segment["name"]),
+                    rules=answer.tactics.rules,
+                )
+            )
+        if exposures:
+            try:
+                self.exposure_log.append(exposures)
+            except OSError as error:  # a full disk must not fail the carousel
+                logger.warning("exposures not logged: %s", error)
+
     def __is_ready__(self) -> bool:
         if self.engine is None and time.monotonic() - self._last_attempt > RETRY_LOAD_SECONDS:
             # The bundle may have been published after the pod started.
@@ -176,6 +262,7 @@ class Segrec:
         request = RecommendRequest(customer_id, k, placement, product_id, category, tuple(exclude))
         answer = (await engine.recommend_many_async([request]))[0]
         self._observe("recommend", [answer], time.perf_counter() - started)
+        self._log_exposures(engine, [request], [answer])
         # A ready response passes through BentoML untouched; a dict is validated against
         # a schema rebuilt per response (measured at +15% throughput).
         return JSONResponse(answer.as_json(customer_id))
@@ -201,6 +288,7 @@ class Segrec:
         ]
         answers = await engine.recommend_many_async(batch)
         self._observe("recommend_batch", answers, time.perf_counter() - started)
+        self._log_exposures(engine, batch, answers)
         return JSONResponse(
             {
                 "bundle_version": engine.bundle.version,
@@ -301,10 +389,28 @@ class Segrec:
             bundle = load_bundle(self.settings, version)
             if current is not None and bundle.version == current.bundle.version and not force:
                 metrics.RELOADS.labels(outcome="unchanged").inc()
-                return {"swapped": False, "bundle_version": bundle.version, "reason": "unchanged"}
+                config = self.refresh_config()
+                if "error" in config:
+                    ctx.response.status_code = 409
+                    return {**config, "field": "config", "bundle_version": bundle.version}
+                return {
+                    "swapped": False,
+                    "bundle_version": bundle.version,
+                    "reason": "unchanged",
+                    "config": config,
+                }
             features = current.features if current else None
             engine = build_engine(self.settings, bundle=bundle, features=features)
             engine.smoke_test()
+        except PersonalisationError as error:
+            metrics.RELOADS.labels(outcome="rejected").inc()
+            ctx.response.status_code = 409
+            return {
+                "swapped": False,
+                "error": f"tactics or experiments do not fit bundle {bundle.version}: {error}",
+                "field": "config",
+                "bundle_version": current.bundle.version if current else None,
+            }
         except (BundleError, FileNotFoundError, ValueError, KeyError) as error:
             metrics.RELOADS.labels(outcome="rejected").inc()
             ctx.response.status_code = 409
