@@ -600,3 +600,17 @@ def test_bootstrap_rejects_bad_input() -> None:
         bootstrap_ci([1.0], n_boot=0)
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_ci([1.0], confidence=1.5)
+
+
+def test_score_histograms_separate_relevant_from_other_items() -> None:
+    from training.train.evaluate import SCORE_BINS, score_histograms
+    from training.train.stacks import EXCLUDED
+
+    # Two customers, four items: relevant items score 0.97, the rest 0.07, one excluded.
+    scores = np.array([[0.97, 0.07, 0.07, EXCLUDED], [0.07, 0.97, 0.07, 0.07]])
+    relevant = np.array([[True, False, False, False], [False, True, False, False]])
+    histograms = score_histograms({"good": scores}, relevant, seed=0)["good"]
+    assert len(histograms["relevant"]) == len(SCORE_BINS) - 1
+    assert histograms["relevant"][-1] == 2 and sum(histograms["relevant"]) == 2
+    # Sampled others all score 0.07 (second bin); the excluded item never counts.
+    assert sum(histograms["other"]) == histograms["other"][1] > 0

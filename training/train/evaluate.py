@@ -17,6 +17,31 @@ from training.train.stacks import EXCLUDED
 
 BLEND = "blend"
 RANDOM = "random"
+SCORE_BINS = np.linspace(0.0, 1.0, 21)
+OTHER_SAMPLE = 200  # non-relevant items sampled per customer for the score histograms
+
+
+def score_histograms(
+    rankings: dict[str, np.ndarray], relevant: np.ndarray, seed: int
+) -> dict[str, dict[str, list[int]]]:
+    """How each method scores the held-out relevant items against a sample of the rest
+    (excluded items left out): a model that separates them ranks well at any k."""
+    rng = np.random.default_rng(seed)
+    n_customers, n_items = relevant.shape
+    sample = rng.integers(0, n_items, size=(n_customers, min(OTHER_SAMPLE, n_items)))
+    rows = np.arange(n_customers)[:, None]
+    other = ~relevant[rows, sample]
+    histograms = {}
+    for name, scores in rankings.items():
+        kept = scores > EXCLUDED
+        relevant_scores = scores[relevant & kept]
+        sampled = scores[rows, sample]
+        other_scores = sampled[other & (sampled > EXCLUDED)]
+        histograms[name] = {
+            part: np.histogram(np.clip(values, 0.0, 1.0), SCORE_BINS)[0].tolist()
+            for part, values in (("relevant", relevant_scores), ("other", other_scores))
+        }
+    return histograms
 
 
 @dataclass
@@ -24,6 +49,8 @@ class RankingResult:
     runs: dict[str, RunMetrics]  # method -> metrics
     groups: pd.DataFrame  # per test customer: segment, lifecycle, cold_start
     k: int
+    # method -> {"relevant": counts, "other": counts} over SCORE_BINS of the ranking score
+    score_histograms: dict[str, dict[str, list[int]]] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {name: run.summary() for name, run in self.runs.items()}
@@ -105,4 +132,11 @@ def evaluate_rankings(
         )
         for name, scores in rankings.items()
     }
-    return RankingResult(runs=runs, groups=groups, k=k)
+    return RankingResult(
+        runs=runs,
+        groups=groups,
+        k=k,
+        score_histograms=score_histograms(
+            {n: s for n, s in rankings.items() if n != RANDOM}, relevant, seed
+        ),
+    )

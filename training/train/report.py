@@ -13,7 +13,7 @@ import numpy as np
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from training.html_report import html_page, png_base64
-from training.train.evaluate import BLEND, RankingResult
+from training.train.evaluate import BLEND, SCORE_BINS, RankingResult
 from training.train.pipeline import TrainingRun
 
 HEADLINE = ("ndcg", "hit_rate", "precision", "recall", "map", "mrr")
@@ -57,6 +57,10 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "by_group": {
                 column: json.loads(result.by_group(column).round(5).to_json(orient="index"))
                 for column in GROUPS
+            },
+            "score_histograms": {
+                "bins": SCORE_BINS.round(3).tolist(),
+                "methods": result.score_histograms,
             },
         }
     blender = run.blender
@@ -165,6 +169,27 @@ def _coverage(report: dict[str, Any], protocol: str) -> str:
     return png_base64(fig)
 
 
+def _score_distributions(report: dict[str, Any], protocol: str) -> str:
+    histograms = report["protocols"][protocol]["score_histograms"]
+    bins = np.array(histograms["bins"])
+    methods = histograms["methods"] or {}
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(2.2 * len(methods), 2.6), sharey=True, squeeze=False
+    )
+    centres = (bins[:-1] + bins[1:]) / 2
+    for ax, (name, parts) in zip(axes[0], methods.items(), strict=True):
+        for part, colour in (("other", "tab:gray"), ("relevant", "tab:red")):
+            counts = np.asarray(parts[part], dtype=float)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.step(centres, share, where="mid", color=colour, label=part)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("score", fontsize=7)
+    axes[0][0].set_ylabel("share of items")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{protocol}: scores of held-out relevant items vs other items", fontsize=9)
+    return png_base64(fig)
+
+
 def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     report = report_dict(run, settings)
@@ -175,6 +200,10 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
         figures.append((f"{protocol}: accuracy", _bars_with_intervals(report, protocol)))
         figures.append((f"{protocol}: per segment", _by_segment(report, protocol)))
         figures.append((f"{protocol}: coverage", _coverage(report, protocol)))
+        if report["protocols"][protocol].get("score_histograms", {}).get("methods"):
+            figures.append(
+                (f"{protocol}: score distributions", _score_distributions(report, protocol))
+            )
     figures.append(("Blend weights", _blend_weights(report)))
     tables = ""
     for protocol, body in report["protocols"].items():
