@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from segrec.event_log import LogLine, default_writer_id, read_event_log, sanitise_writer_id
 
@@ -91,6 +91,7 @@ class Experiment(BaseModel):
     placements: tuple[str, ...] = PLACEMENTS
     segments: tuple[str | int, ...] | None = None
     variants: tuple[Variant, ...] = Field(min_length=2)
+    _cumulative_cache: tuple[tuple[str, float], ...] | None = PrivateAttr(None)
 
     @field_validator("placements")
     @classmethod
@@ -136,12 +137,21 @@ class Experiment(BaseModel):
         if u >= self.traffic:
             return None
         position = u / self.traffic
-        cumulative = 0.0
-        for name, share in self.shares().items():
-            cumulative += share
-            if position < cumulative:
+        for name, upper in self._cumulative():
+            if position < upper:
                 return name
         return self.variants[-1].name  # floating-point rounding at the very top
+
+    def _cumulative(self) -> tuple[tuple[str, float], ...]:
+        # Computed once per (immutable) experiment: assignment runs on every request.
+        cached = self._cumulative_cache
+        if cached is None:
+            total, running, pairs = sum(v.weight for v in self.variants), 0.0, []
+            for variant in self.variants:
+                running += variant.weight / total
+                pairs.append((variant.name, running))
+            cached = self._cumulative_cache = tuple(pairs)
+        return cached
 
 
 class ExperimentsConfig(BaseModel):
