@@ -27,17 +27,25 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 
 BENCH_SIZES ?= small,medium
 BENCH_SERVING_ARGS ?=
+PROFILE ?= smoke
+HOST    ?=
+LOADTEST_ARGS ?=
+# checkov (make k8s) lives in its own environment: its pins conflict with uv.lock.
+TOOLS_VENV ?= .venv-tools
+CHECKOV    := $(TOOLS_VENV)/bin/checkov
 
-.PHONY: help setup demo test data features segments train evaluate serve bento bench bench-serving lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate ab-report serve bento image image-smoke bench bench-serving loadtest k8s lint typecheck clean
 
 help: ## Show each target with its one-line description
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: SIZE=tiny|small|medium|large SEED=n INPUT=path FORMAT=canonical|online-retail|movielens MAP='src=dst ...'"
 
 setup: $(VENV)/.installed ## Create .venv from uv.lock and install missing Debian packages (idempotent)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@command -v kubectl >/dev/null 2>&1 || echo "note: kubectl not found; make k8s and tests/test_k8s*.py need kubectl >= 1.27 \
+	(kustomize v5 built in): see 'Tools' in k8s/README.md for how to install it"
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -63,6 +71,9 @@ train: setup ## Fit models, blend weights per segment, evaluate, export the bund
 evaluate: setup ## Evaluate every model and the blend (SEGREC_EVAL_PROTOCOL=temporal|leave_last_n_out|random_ratio)
 	$(SEGREC) evaluate
 
+ab-report: setup ## A/B report: per experiment and variant CTR, conversion, revenue, CIs, p-values, SRM -> reports/ab/
+	$(SEGREC) ab-report
+
 serve: setup ## Serve recommendations over HTTP on PORT (default 3000) with the newest bundle
 	BENTOML_HOME=$${BENTOML_HOME:-$${SEGREC_BENTOML_HOME:-$${SEGREC_DATA_DIR:-data}/bentoml}} \
 		$(VENV)/bin/bentoml serve serving.service:Segrec --host 0.0.0.0 --port $(PORT)
@@ -76,6 +87,12 @@ build/requirements-serving.txt: pyproject.toml uv.lock
 	$(UV) export --locked --no-default-groups --group features --group serving \
 		--no-emit-project --no-hashes --format requirements-txt -q -o $@
 
+image: bento ## Container image localhost/segrec-serving:<version> via buildah (no Docker): prints id, size, layers
+	$(VENV)/bin/python -m serving.container build --uv-version $(UV_VERSION)
+
+image-smoke: setup ## Start the image on the trained data/: /readyz, /recommend, /events, /metrics; start-up time, size
+	$(VENV)/bin/python -m serving.container smoke
+
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)
 	@if [ -f data/features/customer_features.parquet ]; then $(SEGREC) bench --online; \
@@ -84,6 +101,18 @@ bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENC
 bench-serving: setup ## /recommend p50/p99 at 50 and 200 RPS and max throughput, BentoML vs bare Starlette, one worker (needs make train)
 	$(VENV)/bin/python -m loadtests.latency $(BENCH_SERVING_ARGS)
 
+loadtest: setup ## Locust storefront load as a gate: PROFILE=smoke|steady|step [HOST=url]; starts a server when none answers
+	$(VENV)/bin/python -m loadtests.run --profile $(PROFILE) $(if $(HOST),--host $(HOST)) $(LOADTEST_ARGS)
+
+k8s: setup $(CHECKOV) ## Render k8s overlays (dev, staging, prod) into build/k8s/ and validate: schemas, checkov, own checks
+	$(VENV)/bin/python -m k8s.validate --checkov $(CHECKOV)
+	$(VENV)/bin/pytest -q tests/test_k8s.py -m "not slow"
+
+$(CHECKOV): k8s/checkov-requirements.txt
+	$(UV) venv -q --allow-existing --python $(PYTHON) $(TOOLS_VENV)
+	$(UV) pip install -q --python $(TOOLS_VENV)/bin/python -r k8s/checkov-requirements.txt
+	@touch $@
+
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -91,7 +120,7 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy on the packages
 	$(VENV)/bin/mypy
 
-test: setup lint typecheck build/requirements-serving.txt ## Lint, type-check and run the whole test suite
+test: setup lint typecheck build/requirements-serving.txt $(CHECKOV) ## Lint, type-check and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean: ## Remove generated data and reports (keeps .venv)

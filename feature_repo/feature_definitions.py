@@ -47,6 +47,13 @@ customer_embedding_source = FileSource(
     description="Customer model state written by make train: latent factors and the recent "
     "history serving scores from.",
 )
+customer_value_source = FileSource(
+    name="customer_value_source",
+    path=str(FEATURES_DIR / "customer_value.parquet"),
+    timestamp_field="event_timestamp",
+    description="Churn risk and customer lifetime value written by make train "
+    "(training/customer_value).",
+)
 product_features_source = FileSource(
     name="product_features_source",
     path=str(FEATURES_DIR / "product_features.parquet"),
@@ -106,6 +113,7 @@ customer_behaviour = FeatureView(
                 "discount_affinity",
                 "mean_rating",
                 "days_since_last_event",
+                "missed_visits",
                 "novelty_share",
                 "interaction_rate_30d",
                 "views_per_session",
@@ -174,6 +182,23 @@ customer_embedding = FeatureView(
         Field(name="history_purchases", dtype=Array(String)),
     ],
     source=customer_embedding_source,
+    online=True,
+    tags={"owner": "segrec", "group": "customer", "filled_by": "make train"},
+)
+
+customer_value = FeatureView(
+    name="customer_value",
+    entities=[customer],
+    ttl=timedelta(days=90),
+    schema=[
+        # Chance of no purchase within SEGREC_CHURN_HORIZON_DAYS (calibrated, 0..1).
+        Field(name="churn_risk", dtype=Float64),
+        # Expected spend over SEGREC_CLV_HORIZON_DAYS, and its low/mid/high band.
+        Field(name="clv_expected", dtype=Float64),
+        Field(name="clv_band", dtype=String),
+        Field(name="value_model_version", dtype=String),
+    ],
+    source=customer_value_source,
     online=True,
     tags={"owner": "segrec", "group": "customer", "filled_by": "make train"},
 )
@@ -249,6 +274,7 @@ SERVING_BEHAVIOUR = [
 SEGMENT_INPUTS = [
     "price_band_low_share",
     "price_band_high_share",
+    "missed_visits",
     "novelty_share",
     "interaction_rate_30d",
     "repeat_view_share",
@@ -275,6 +301,18 @@ customer_serving_v2 = FeatureService(
     ],
     description="v1 plus the segment (make segments), the model factors (make train) and "
     "the inputs to re-assign the segment live.",
+)
+customer_serving_v3 = FeatureService(
+    name="customer_serving_v3",
+    features=[
+        customer_profile[SERVING_PROFILE],
+        customer_behaviour[SERVING_BEHAVIOUR + SEGMENT_INPUTS],
+        customer_session,
+        customer_segment,
+        customer_embedding,
+        customer_value,
+    ],
+    description="v2 plus churn risk and CLV (make train), for personalisation rules.",
 )
 product_serving_v1 = FeatureService(
     name="product_serving_v1",

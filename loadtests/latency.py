@@ -77,7 +77,7 @@ PERCENTILES = (50, 90, 99)
 BENTOML_KNOBS = ("nolog", "nometrics", "notrace", "threadsN")
 TRACE_EXCLUDED = "/recommend,/similar,/segment"
 SERVICE_NAME = "Segrec"
-FEAST_READ_DIRECT = "read: feast provider online_read (per view)"
+FEAST_READ_DIRECT = "read: online store query (all views)"
 
 Send = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 DEGRADED_MARK = b"store_unavailable"  # the fallback of a read past its time budget
@@ -442,6 +442,12 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
 
     timed_reader = copy.copy(reader)
     timed_reader._provider = Timed(reader._provider)  # the provider's online_read, per view
+    for fast_path in ("_sqlite", "_redis"):  # the reader's one-query paths, when in use
+        rows = getattr(reader, fast_path, None)
+        if rows is not None:
+            timed_rows = copy.copy(rows)
+            timed_rows.read = timers.wrap(FEAST_READ_DIRECT, rows.read)
+            setattr(timed_reader, fast_path, timed_rows)
     timed_reader.read_many = timers.wrap("read: reader", timed_reader.read_many)
     timed_source = timed_reader
     if budgeted:

@@ -302,7 +302,9 @@ def train(
     Protocol from SEGREC_EVAL_PROTOCOL (temporal by default). Writes
     reports/evaluation.{json,html}; with --export also data/bundles/<version>/, the
     BentoML model segrec_bundle (store: SEGREC_BENTOML_HOME) and
-    data/features/customer_embeddings.parquet (offline + online).
+    data/features/customer_embeddings.parquet (offline + online); then churn risk and CLV
+    to data/features/customer_value.parquet (offline + online) and
+    reports/customer_value.{json,html}.
     """
     settings = get_settings()
     if (settings.clean_dir / "manifest.json").exists():
@@ -370,6 +372,42 @@ def run_train(settings: Settings, *, export: bool) -> None:
             f"{run.export.bentoml_tag}; {run.export.customers_written:,} customers' factors "
             "written to Feast"
         )
+        run_customer_value(settings)
+
+
+def run_customer_value(settings: Settings) -> None:
+    """Churn risk and CLV as customer features (training/customer_value); a data set too
+    short for their horizons skips them with a note instead of failing the training."""
+    from training.customer_value.pipeline import run_customer_value as fit_and_score
+    from training.customer_value.report import write_reports
+
+    console.print(
+        f"Customer value: churn in {settings.churn_horizon_days} days, "
+        f"CLV over {settings.clv_horizon_days} days"
+    )
+    try:
+        value = fit_and_score(settings)
+    except ValueError as error:
+        err_console.print(f"[yellow]customer value skipped:[/] {error}")
+        return
+    json_path, html_path = write_reports(value, settings.reports_dir)
+    churn, clv = value.churn, value.clv
+    console.print(
+        f"  churn (holdout as of {value.plans['churn'].evaluate_at.date()}): ROC-AUC "
+        f"{churn['roc_auc']} (days since last purchase {churn['recency_baseline']['roc_auc']}), "
+        f"PR-AUC {churn['pr_auc']} at base rate {churn['base_rate']}, Brier "
+        f"{churn['brier_uncalibrated']} -> {churn['brier_calibrated']} calibrated"
+    )
+    console.print(
+        f"  CLV (holdout as of {value.plans['clv'].evaluate_at.date()}): MAE "
+        f"{clv['model']['mae']} vs naive {clv['naive']['mae']}, RMSE {clv['model']['rmse']} "
+        f"vs {clv['naive']['rmse']}"
+    )
+    console.print(
+        f"  {value.scored:,} customers scored as of {value.as_of.date()} "
+        f"({value.version}) -> {value.path} and Feast ({value.online_rows or 0:,} online); "
+        f"reports -> {json_path}, {html_path} ({sum(value.seconds.values()):.1f}s)"
+    )
 
 
 @app.command()
@@ -482,6 +520,127 @@ def run_online_bench(settings: Settings, reads: int) -> None:
         f"{results['sqlite']['features']} features per read; "
         f"-> {settings.reports_dir / 'bench' / 'online.json'}"
     )
+
+
+@app.command("ab-report")
+def ab_report(
+    alpha: Annotated[
+        float, typer.Option(min=0.0001, max=0.5, help="Significance level of the tests.")
+    ] = 0.05,
+    n_boot: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for revenue (0 = skip).")
+    ] = 2000,
+) -> None:
+    """A/B report: per experiment and variant, exposures, CTR, add-to-cart, conversion and
+    revenue per exposure with intervals, tests against the control (the first variant),
+    the sample-ratio check and a per-segment breakdown.
+
+    Reads the exposure and event logs serving writes (data/events/exposures/,
+    data/events/live/) and SEGREC_EXPERIMENTS_FILE; attributes outcomes within
+    SEGREC_EXPERIMENT_ATTRIBUTION_HOURS. Writes reports/ab/ab_report.{json,html}.
+    """
+    from segrec.experiments import ExperimentConfigError
+    from training.experiments.report import ReportOptions, run_ab_report
+
+    settings = get_settings()
+    options = ReportOptions(alpha=alpha, n_boot=n_boot, seed=settings.seed)
+    try:
+        report, json_path, html_path = run_ab_report(settings, options)
+    except ExperimentConfigError as error:
+        _fail(str(error))
+    logs = report["logs"]
+    console.print(
+        f"Exposures: {logs['exposures']['used']:,} used of {logs['exposures']['lines']:,} "
+        f"lines ({logs['exposures']['bad']:,} bad, {logs['exposures']['duplicates']:,} "
+        f"repeated); events: {logs['events']['used']:,} of {logs['events']['lines']:,} "
+        f"({logs['events']['bad']:,} bad); outcomes attributed: "
+        f"{report['attribution']['attributed']:,} of {report['attribution']['outcome_events']:,}"
+    )
+    for name, section in report["experiments"].items():
+        table = Table(title=f"{name}: control {section['control']}")
+        for column in ("variant", "customers", "exposures", "CTR", "conversion", "rev/exposure"):
+            table.add_column(column)
+        for variant, v in section["variants"].items():
+            table.add_row(
+                variant,
+                f"{v['customers']:,}",
+                f"{v['exposures']:,}",
+                f"{100 * (v['ctr']['estimate'] or 0):.2f}%",
+                f"{100 * (v['conversion']['estimate'] or 0):.2f}%",
+                f"{v['revenue_per_exposure']['estimate'] or 0:.3f}",
+            )
+        console.print(table)
+        srm = section["srm"]
+        if srm.get("checked"):
+            state = "[bold red]MISMATCH[/]" if srm["mismatch"] else "ok"
+            console.print(f"  sample ratio {state} (p = {srm['p_value']:.3g})")
+        else:
+            console.print(f"  sample ratio not checked: {srm['reason']}")
+        for line in section["verdict"]:
+            console.print(f"  {line}")
+    if not report["experiments"]:
+        console.print(f"No exposures in {settings.exposure_log_dir}: no experiment served yet.")
+    console.print(f"A/B report -> {json_path}, {html_path}")
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:3000",
+    visits: Annotated[int, typer.Option(min=1, help="Simulated visits.")] = 2000,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: SEGREC_SEED).")] = None,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Items per carousel.")] = 10,
+    placement: Annotated[
+        list[str] | None,
+        typer.Option(help="Placement of the visits: home, email, product (repeatable)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Concurrent customers.")] = 4,
+) -> None:
+    """Replay synthetic customers through a running service: each visit asks /recommend,
+    the generator's planted tastes decide clicks, carts and purchases, posted to /events.
+
+    Needs the synthetic raw data (data/raw/synthetic/, from `make data`) the service was
+    trained on and the same SEGREC_PSEUDONYMISATION_SECRET. Then run `make ab-report`.
+    """
+    from training.experiments.simulator import PlantedPreferences, SimulationError
+    from training.experiments.simulator import simulate as run_simulation
+
+    settings = get_settings()
+    chosen = placement or ["home"]
+    try:
+        preferences = PlantedPreferences.from_raw(
+            settings.raw_dir / "synthetic", settings.pseudonymisation_secret.get_secret_value()
+        )
+        result = run_simulation(
+            url,
+            preferences,
+            visits=visits,
+            seed=settings.seed if seed is None else seed,
+            k=k,
+            placements=dict.fromkeys(chosen, 1.0),
+            workers=workers,
+        )
+    except (SimulationError, ValueError) as error:
+        _fail(str(error))
+    summary = result.summary()
+    table = Table(title=f"{summary['visits']:,} visits in {summary['seconds']} s")
+    for column in ("experiment/variant", "customers", "exposures", "clicks", "purchases"):
+        table.add_column(column)
+    for key, figures in summary["variants"].items():
+        table.add_row(
+            key,
+            f"{figures['customers']:,}",
+            f"{figures['exposures']:,}",
+            f"{figures['clicks']:,}",
+            f"{figures['purchases']:,}",
+        )
+    console.print(table)
+    console.print(
+        f"{summary['outside_experiments']:,} visits outside any experiment; events "
+        f"{summary['events_accepted']:,} accepted, {summary['events_rejected']:,} rejected; "
+        f"{summary['recommend_errors']:,} failed /recommend calls"
+    )
+    for problem in summary["errors"]:
+        err_console.print(f"  {problem}")
 
 
 @app.command("settings")

@@ -1,6 +1,6 @@
 """The request path, without HTTP: features in, a ranked carousel with reasons out.
 
-Per request: read the customer's features online (``customer_serving_v2``), decide how
+Per request: read the customer's features online (``customer_serving_v3``), decide how
 personal the answer can be (fallback reasons), find the segment (stored, or assigned
 live with the bundle's numpy segment model when the live session moved the customer),
 rebuild what is known of the customer's behaviour (the recent history ``make train``
@@ -33,6 +33,7 @@ from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates, unit_ro
 from serving.personalisation import Assignment, Personalisation
 from serving.tactics import NO_TACTICS, RULE_FEATURES, AppliedTactics, Catalogue
 
+OPTIONAL_VIEWS = ("customer_session:", "customer_value:")
 COLD_START_EVENTS = 5  # as in training: fewer known events than this = cold start
 PLACEMENTS = ("home", "product", "cart", "email")
 SessionPolicy = Literal["exclude", "boost", "keep"]
@@ -261,11 +262,7 @@ class RecommendationEngine:
             }
         if not any(values.get(name) is not None for name in model.feature_names):
             return None
-        live_values = values
-        if idle_days is not None:
-            # The session is activity now: recency is what moves a customer between
-            # segments between two training runs.
-            live_values = {**values, "days_since_last_event": idle_days}
+        live_values = values if idle_days is None else _recency_now(values, idle_days)
         segment_id, name, probability = model.assign_features(live_values)
         answer = {
             "id": segment_id,
@@ -519,9 +516,8 @@ class RecommendationEngine:
         if customer.live:
             # What the live segment was assigned from: the session is activity now.
             now = self.clock().timestamp()
-            values["days_since_last_event"] = (
-                max(now - float(values.get("last_event_unix") or now), 0.0) / DAY_SECONDS
-            )
+            idle = max(now - float(values.get("last_event_unix") or now), 0.0) / DAY_SECONDS
+            values = _recency_now(values, idle)
         profile = (
             {name: _plain(values.get(name)) for name in model.feature_names}
             if customer.personal
@@ -564,6 +560,25 @@ class RecommendationEngine:
         answer = self._rank(RecommendRequest("smoke", k=5), customer, total[0], parts[0])
         if not answer.items or not np.isfinite([i["score"] for i in answer.items]).all():
             raise ValueError("bundle produced no finite recommendation for a cold customer")
+
+
+def _recency_now(values: dict[str, Any], idle_days: float) -> dict[str, Any]:
+    """``values`` with recency as of the live session: the session is activity now, and
+    recency is what moves a customer between segments between two training runs. Missed
+    visits (idle days times the customer's visit rate) scale with the idle days."""
+    live = {**values, "days_since_last_event": idle_days}
+    stored_idle = _number(values.get("days_since_last_event"))
+    missed = _number(values.get("missed_visits"))
+    if missed is not None and stored_idle is not None and stored_idle > 0:
+        live["missed_visits"] = missed * idle_days / stored_idle
+    return live
+
+
+def _number(value: Any) -> float | None:
+    """A known number, or None (missing, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return float(value)
 
 
 def _model_choice(assignment: Assignment | None, applied: AppliedTactics) -> str | None:
@@ -610,6 +625,8 @@ def _fallback(vector: FeatureVector) -> str | None:
         return "unknown_customer"
     if vector.values.get("consent_personalisation") is not True:
         return "no_consent"
-    # Session features are absent for anyone without a live session: not a gap.
-    gaps = [m for m in vector.missing if not m.startswith("customer_session:")]
+    # Session features are absent for anyone without a live session, and churn/CLV for
+    # anyone the value models did not score (only tactics rules read them): not gaps in
+    # what personalises the carousel.
+    gaps = [m for m in vector.missing if not m.startswith(OPTIONAL_VIEWS)]
     return "missing_features" if gaps else None

@@ -26,7 +26,7 @@ from segrec.settings import Settings
 from serving.engine import FeatureSource, RecommendationEngine, ServingPolicy
 from serving.personalisation import Personalisation, load_personalisation
 
-SERVING_FEATURE_SERVICE = "customer_serving_v2"
+SERVING_FEATURE_SERVICE = "customer_serving_v3"
 BUNDLE_VERSION = re.compile(r"bundle-[0-9A-Za-z._-]{1,64}")
 
 
@@ -90,7 +90,7 @@ def feature_clock(settings: Settings) -> Callable[[], dt.datetime]:
 
 
 def open_reader(settings: Settings) -> OnlineFeatureReader:
-    """The online feature reader of ``customer_serving_v2`` (reads the Feast registry)."""
+    """The online feature reader of ``customer_serving_v3`` (reads the Feast registry)."""
     return OnlineFeatureReader(
         open_store(settings), SERVING_FEATURE_SERVICE, "customer_id", clock=feature_clock(settings)
     )

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
@@ -43,10 +44,11 @@ from starlette.responses import JSONResponse
 from segrec.bundle import BundleError
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
-from segrec.live_session import LiveSessionWriter
+from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.settings import Settings
 from serving import metrics
 from serving.engine import Recommendation, RecommendationEngine, RecommendRequest
+from serving.event_batcher import EventBatcher
 from serving.events import validate_events
 from serving.feature_budget import BudgetedFeatureSource
 from serving.limits import BodySizeLimit
@@ -95,6 +97,7 @@ class Segrec:
         self._last_attempt = 0.0
         self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.event_log = EventLog(self.settings.event_log_dir)
+        self._event_batcher = EventBatcher(self._write_events)
         self.exposure_log = ExposureLog(self.settings.exposure_log_dir)
         self._load()
         threading.Thread(target=self._watch_config, name="config-watch", daemon=True).start()
@@ -146,6 +149,20 @@ class Segrec:
         metrics.BUNDLE_INFO.labels(
             version=engine.bundle.version, segments_version=engine.segments_version
         ).set(1)
+
+    def _write_events(self, events: list[LiveEvent]) -> str | None:
+        """Log ``events`` durably, then fold them into the live sessions; returns the
+        session error (the store down), if any. Runs in a worker thread."""
+        with self._events_lock:
+            # The log first: once it returns the events are durable, whatever the store does.
+            self.event_log.append(events, dt.datetime.now(dt.UTC))
+            try:
+                self._writer.apply(events)
+            except Exception as error:  # store down: logged events still reach training
+                message = f"{type(error).__name__}: {error}"
+                logger.warning("live session not updated: %s", message)
+                return message
+        return None
 
     def _watch_config(self) -> None:
         """Swap in changed tactics/experiments files; a bad change is refused and logged."""
@@ -299,19 +316,24 @@ class Segrec:
         )
 
     @bentoml.api(route="/segment")
-    def segment(self, customer_id: Annotated[str, Field(min_length=1, max_length=128)]) -> Any:
+    async def segment(
+        self, customer_id: Annotated[str, Field(min_length=1, max_length=128)]
+    ) -> Any:
         """A customer's segment (stored, or assigned live after session activity),
         lifecycle stage and the feature values the segment rests on."""
-        answer = self._engine().segment(customer_id)
+        # In a worker thread: the online read blocks, and sync endpoints share one thread.
+        answer = await anyio.to_thread.run_sync(self._engine().segment, customer_id)
         if answer["fallback"]:
             metrics.FALLBACKS.labels(endpoint="segment", reason=answer["fallback"]).inc()
         return answer
 
     @bentoml.api(route="/similar")
-    def similar(
+    async def similar(
         self, product_id: Annotated[str, Field(min_length=1, max_length=64)], k: K = 10
     ) -> Any:
         """Items like ``product_id`` (content and collaborative neighbours)."""
+        # Pure numpy over arrays in memory (about a millisecond): on the event loop, not
+        # queued behind the single thread BentoML gives sync endpoints.
         try:
             items = self._engine().similar(product_id, k)
         except KeyError as error:
@@ -320,12 +342,14 @@ class Segrec:
 
     # ---- events -----------------------------------------------------------------------
     @bentoml.api(route="/events")
-    def events(self, events: list[Any]) -> Any:
+    async def events(self, events: list[Any]) -> Any:
         """Storefront events (view, add_to_cart, remove_from_cart, purchase, rating),
         checked one by one. Accepted ones are appended to the durable event log, then
         folded into each customer's live session in the online store, so the very next
         ``/recommend`` reflects them; rejected ones come back with their index, field and
-        reason. At most ``SEGREC_MAX_BATCH_EVENTS`` per call."""
+        reason. At most ``SEGREC_MAX_BATCH_EVENTS`` per call. Concurrent calls share one
+        log fsync and one session push (:mod:`serving.event_batcher`); each answers once its
+        own events are durable."""
         if len(events) > self.settings.max_batch_events:
             return _error(
                 400,
@@ -336,20 +360,20 @@ class Segrec:
         engine = self._engine()
         now = engine.clock()
         accepted, rejected = validate_events(events, engine.index_of, now)
-        with self._events_lock:
-            fresh = [e for e in accepted if e.event_id not in self._recent_ids]
+        # Claimed before the write (one event loop: no lock needed), so a concurrent retry
+        # of the same events is a duplicate; released if the write fails, so a retry after
+        # a failure is not.
+        fresh = [e for e in accepted if e.event_id not in self._recent_ids]
+        for event in fresh:
+            self._recent_ids[event.event_id] = None
+        while len(self._recent_ids) > RECENT_EVENT_IDS:
+            self._recent_ids.popitem(last=False)
+        try:
+            session_error = await self._event_batcher.submit(fresh)
+        except Exception:
             for event in fresh:
-                self._recent_ids[event.event_id] = None
-            while len(self._recent_ids) > RECENT_EVENT_IDS:
-                self._recent_ids.popitem(last=False)
-            # The log first: once it returns the events are durable, whatever the store does.
-            self.event_log.append(fresh, dt.datetime.now(dt.UTC))
-            session_error = None
-            try:
-                self._writer.apply(fresh)
-            except Exception as error:  # store down: logged events still reach training
-                session_error = f"{type(error).__name__}: {error}"
-                logger.warning("live session not updated: %s", session_error)
+                self._recent_ids.pop(event.event_id, None)
+            raise
         duplicates = len(accepted) - len(fresh)
         metrics.EVENTS.labels(outcome="accepted").inc(len(fresh))
         metrics.EVENTS.labels(outcome="duplicate").inc(duplicates)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-from collections.abc import Iterator
+import math
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
 from segrec.feature_store import open_store
 from segrec.live_session import LiveEvent, LiveSessionWriter
-from segrec.online_features import OnlineFeatureReader
+from segrec.online_features import FeatureVector, OnlineFeatureReader
 from segrec.settings import Settings
 from tests.conftest import Dataset, feast_workspace, make_settings
 from training.features.build import build_features
@@ -201,3 +210,253 @@ def test_unreachable_store_is_a_flag_not_an_exception(tmp_path: Path, tiny: Data
     vector = reader.read(feast.customers["customer_id"].iloc[0])
     assert vector.error is not None and "Connection" in vector.error
     assert vector.values["frequency"] == 0 and not vector.complete
+
+
+# ---- the direct SQLite read: the same vectors as the provider and as Feast ------------
+
+
+def _provider_reader(reader: OnlineFeatureReader) -> OnlineFeatureReader:
+    """The same reader through the provider's ``online_read``, one call per view."""
+    slow = copy.copy(reader)
+    slow._sqlite = slow._redis = None
+    return slow
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type, NaN equal to NaN (also inside lists)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _assert_same_vectors(got: Sequence[FeatureVector], expected: Sequence[FeatureVector]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert (a.entity_id, a.missing, a.stale_views, a.error) == (
+            b.entity_id,
+            b.missing,
+            b.stale_views,
+            b.error,
+        )
+        assert list(a.values) == list(b.values), a.entity_id
+        for name, value in a.values.items():
+            assert _same(value, b.values[name]), (a.entity_id, name, value, b.values[name])
+
+
+def _assert_as_feast_says(
+    store: Any, reader: OnlineFeatureReader, ids: list[str], vectors: list[FeatureVector]
+) -> None:
+    """Every value is Feast's own (get_online_features), a null read as the default, or
+    defaulted and named in ``missing`` (absent, or stale: Feast ignores ttl)."""
+    expected = store.get_online_features(
+        features=reader.service, entity_rows=[{"customer_id": c} for c in ids]
+    ).to_dict()
+    views = {short: (view, default) for view, short, default, _ in reader.features.values()}
+    for i, vector in enumerate(vectors):
+        assert vector.error is None
+        for name, value in vector.values.items():
+            view, default = views[name]
+            feast_value = expected[name][i]
+            if f"{view}:{name}" in vector.missing:
+                assert feast_value is None or view in vector.stale_views, (name, feast_value)
+                assert _same(value, default)
+            elif feast_value is None:  # present but null
+                assert _same(value, default), name
+            else:
+                assert _same(value, feast_value), (vector.entity_id, name)
+
+
+def test_the_one_call_read_is_chosen_by_the_online_store_type(feast: FeastSetup) -> None:
+    reader = feast.reader()
+    assert (reader._sqlite is not None) == (feast.settings.online_store == "sqlite")
+    assert (reader._redis is not None) == (feast.settings.online_store == "redis")
+
+
+def test_the_reader_returns_exactly_what_feast_returns(feast: FeastSetup) -> None:
+    ids = [*feast.customers["customer_id"].drop_duplicates().iloc[:40], "c_ffffffffffffffff"]
+    for later in (dt.timedelta(0), dt.timedelta(days=91)):
+        reader = feast.reader(clock=feast.newest.to_pydatetime() + later)
+        vectors = reader.read_many(ids)
+        assert any(v.stale_views for v in vectors) == bool(later)
+        _assert_as_feast_says(feast.store, reader, ids, vectors)
+        _assert_same_vectors(vectors, _provider_reader(reader).read_many(ids))
+
+
+def _entity_key(customer_id: str) -> EntityKey:
+    return EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=customer_id)])
+
+
+@pytest.fixture
+def sqlite_copy(feast: FeastSetup, tmp_path: Path) -> FeastSetup:
+    """A private copy of the SQLite registry and online store, to write to."""
+    if feast.settings.online_store != "sqlite":
+        pytest.skip("the direct read is SQLite's")
+    state = tmp_path / "feast"
+    shutil.copytree(feast.settings.feast_dir, state)
+    settings = feast.settings.model_copy(update={"feast_state_dir": state})
+    return FeastSetup(settings, open_store(settings), feast.customers, feast.newest)
+
+
+def test_the_direct_sqlite_read_equals_the_provider_and_feast(sqlite_copy: FeastSetup) -> None:
+    feast = sqlite_copy
+    ids = feast.customers["customer_id"].drop_duplicates().tolist()
+    now = feast.newest.to_pydatetime()
+    products = pd.read_parquet(feast.settings.clean_dir / "products.parquet")
+    categories = dict(zip(products["product_id"], products["category"], strict=True))
+    # A live session (string lists, a view only some customers have).
+    writer = LiveSessionWriter(feast.store, categories, dt.timedelta(minutes=30))
+    product = products["product_id"].iloc[0]
+    writer.apply([LiveEvent(ids[3], product, "add_to_cart", now, quantity=1, price=2.0)])
+    provider, config = feast.store._get_provider(), feast.store.config
+    behaviour = feast.store.get_feature_view("customer_behaviour")
+    profile = feast.store.get_feature_view("customer_profile")
+    # A customer only in customer_behaviour, with a null and an empty list.
+    provider.online_write_batch(
+        config,
+        behaviour,
+        [
+            (
+                _entity_key("c_0000000000000001"),
+                {
+                    "frequency": Value(int64_val=3),
+                    "recency_days": Value(),
+                    "category_shares": Value(),
+                },
+                now,
+                None,
+            )
+        ],
+        None,
+    )
+    # Rows of one customer written at different times: an existing feature rewritten
+    # later, and (last, so the newest-written row) a feature the view no longer has, two
+    # years old -- Feast dates the customer's profile by that row, so it reads as stale.
+    provider.online_write_batch(
+        config,
+        profile,
+        [(_entity_key(ids[5]), {"country": Value(string_val="XX")}, now, None)],
+        None,
+    )
+    provider.online_write_batch(
+        config,
+        profile,
+        [
+            (
+                _entity_key(ids[6]),
+                {"retired": Value(int64_val=1)},
+                now - dt.timedelta(days=800),
+                None,
+            )
+        ],
+        None,
+    )
+    edges = ["c_ffffffffffffffff", "c_0000000000000001", ids[3], ids[5], ids[6], ids[3]]
+    for later in (dt.timedelta(minutes=1), dt.timedelta(hours=3), dt.timedelta(days=91)):
+        reader = feast.reader(clock=now + later)
+        assert reader._sqlite is not None
+        slow = _provider_reader(reader)
+        every = [*ids, *edges]
+        _assert_same_vectors(reader.read_many(every), slow.read_many(every))
+        for size in (1, 7):
+            for start in range(0, 30, size):
+                batch = [*ids[start : start + size], *edges[: size - 1]]
+                _assert_same_vectors(reader.read_many(batch), slow.read_many(batch))
+        _assert_as_feast_says(feast.store, reader, edges, reader.read_many(edges))
+    vectors = dict(zip(edges, feast.reader(clock=now).read_many(edges), strict=False))
+    assert vectors[ids[3]].values["carted_items"] == [product]
+    assert vectors[ids[3]].values["cart_value"] == pytest.approx(2.0)
+    only_behaviour = vectors["c_0000000000000001"]
+    assert only_behaviour.values["frequency"] == 3 and np.isnan(
+        only_behaviour.values["recency_days"]
+    )
+    assert "customer_behaviour:recency_days" not in only_behaviour.missing
+    assert "customer_profile:country" in only_behaviour.missing
+    assert vectors[ids[5]].values["country"] == "XX"
+    assert vectors[ids[6]].stale_views == ["customer_profile"]
+
+
+def test_reads_while_a_materialisation_rewrites_the_store(sqlite_copy: FeastSetup) -> None:
+    reader = sqlite_copy.reader()
+    sample = sqlite_copy.customers["customer_id"].drop_duplicates().iloc[:20].tolist()
+    expected = reader.read_many(sample)
+    assert all(v.error is None for v in expected)
+    results: list[list[FeatureVector]] = []
+    raised: list[BaseException] = []
+    stop = threading.Event()
+
+    def keep_reading() -> None:
+        while not stop.is_set():
+            try:
+                results.append(reader.read_many(sample))
+            except BaseException as error:  # the point: nothing may escape
+                raised.append(error)
+
+    thread = threading.Thread(target=keep_reading)
+    thread.start()
+    try:
+        apply_and_materialise(sqlite_copy.settings)  # the same snapshot, written again
+    finally:
+        stop.set()
+        thread.join()
+    assert not raised and results
+    for vectors in results:
+        for got, want in zip(vectors, expected, strict=True):
+            if got.error is None:
+                _assert_same_vectors([got], [want])
+            else:
+                assert "locked" in got.error and not got.complete
+    _assert_same_vectors(reader.read_many(sample), expected)
+
+
+def test_a_replaced_or_removed_store_file_is_noticed(
+    sqlite_copy: FeastSetup, tmp_path: Path
+) -> None:
+    reader = sqlite_copy.reader()
+    customer_id = sqlite_copy.customers["customer_id"].iloc[0]
+    assert reader.read(customer_id).values["country"] != "XX"
+    # A new store file with another country, moved over the one being read.
+    other_state = tmp_path / "other"
+    shutil.copytree(sqlite_copy.settings.feast_dir, other_state)
+    other = open_store(sqlite_copy.settings.model_copy(update={"feast_state_dir": other_state}))
+    other._get_provider().online_write_batch(
+        other.config,
+        other.get_feature_view("customer_profile"),
+        [
+            (
+                _entity_key(customer_id),
+                {"country": Value(string_val="XX")},
+                sqlite_copy.newest.to_pydatetime(),
+                None,
+            )
+        ],
+        None,
+    )
+    online = sqlite_copy.settings.feast_dir / "online.db"
+    os.replace(other_state / "online.db", online)
+    vector = reader.read(customer_id)
+    assert vector.error is None and vector.values["country"] == "XX"
+    online.unlink()
+    gone = reader.read(customer_id)
+    assert gone.error is not None and not gone.complete
+    assert gone.values["frequency"] == 0
+
+
+def test_a_locked_store_gives_an_error_vector_at_once(sqlite_copy: FeastSetup) -> None:
+    reader = sqlite_copy.reader()
+    customer_id = sqlite_copy.customers["customer_id"].iloc[0]
+    assert reader.read(customer_id).error is None
+    holder = sqlite3.connect(sqlite_copy.settings.feast_dir / "online.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # what a writer holds while it commits
+    try:
+        started = time.perf_counter()
+        vector = reader.read(customer_id)
+        seconds = time.perf_counter() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert vector.error is not None and "locked" in vector.error
+    assert not vector.complete and vector.values == reader.defaults()
+    assert seconds < 1.0, "a lock costs the busy timeout, not Feast's 5 s"
+    assert reader.read(customer_id).error is None

@@ -131,6 +131,90 @@ def test_customer_features_at_the_end(shop: Path) -> None:
     assert not b["consent_personalisation"]
 
 
+def test_missed_visits_tell_an_occasional_shopper_from_one_who_stopped(
+    tmp_path: Path,
+) -> None:
+    """Data from Jan 1; as of May 1 that is 120 days. ``a`` and ``b`` signed up before it.
+
+    - a (occasional): 3 visits (Jan 1, Feb 10, Mar 22), the last 40 days ago: 40 * 3 / 120 = 1.0.
+    - b (lapsed): 12 visits every 5 days from Jan 1 to Feb 25, the last 65 days ago: 65 * 12 / 120
+      = 6.5. Similar recency to a, very different pace.
+    - c (new): signed up Apr 21 (10 days), two events on Apr 26 (one visit day), the last at
+      noon, 4.5 days ago: 4.5 * 1 / 10 = 0.45.
+    - d: signed up, never seen: NaN, like days_since_last_event.
+    """
+    people = ["a", "b", "c", "d"]
+    signup = [_ts("2025-06-01"), _ts("2025-06-01"), _ts("2026-04-21"), _ts("2026-02-01")]
+    write_table(
+        tmp_path,
+        "customers",
+        pd.DataFrame(
+            {
+                "customer_id": [f"c_000000000000000{c}" for c in people],
+                "signup_ts": signup,
+                "birth_year": pd.array([1980] * 4, dtype="Int64"),
+                "gender": ["F"] * 4,
+                "country": ["GB"] * 4,
+                "city": ["Leeds"] * 4,
+                "postcode_area": ["LS1"] * 4,
+                "occupation": [None] * 4,
+                "consent_personalisation": [True] * 4,
+                "consent_marketing": [True] * 4,
+                "merged_records": [1] * 4,
+                "imputed_columns": [""] * 4,
+            }
+        ),
+    )
+    write_table(
+        tmp_path,
+        "products",
+        pd.DataFrame(
+            {
+                "product_id": ["p1", "p2"],
+                "title": ["Tea", "Mug"],
+                "description": ["", ""],
+                "category": ["groceries", "kitchen"],
+                "brand": ["x", "y"],
+                "price": [5.0, 10.0],
+                "price_outlier": [False] * 2,
+                "in_stock": [True] * 2,
+                "tags": [None] * 2,
+                "imputed_columns": [""] * 2,
+            }
+        ),
+    )
+    start = _ts("2026-01-01")
+    visits = [("a", start + pd.Timedelta(days=d)) for d in (0, 40, 80)]
+    visits += [("b", start + pd.Timedelta(days=d)) for d in range(0, 60, 5)]
+    visits += [("c", _ts("2026-04-26 08:00")), ("c", _ts("2026-04-26 12:00"))]
+    visits.sort(key=lambda v: v[1])
+    write_table(
+        tmp_path,
+        "events",
+        pd.DataFrame(
+            {
+                "event_id": [f"e{i}" for i in range(len(visits))],
+                "customer_id": [f"c_000000000000000{c}" for c, _ in visits],
+                "product_id": ["p1"] * len(visits),
+                "ts": [t for _, t in visits],
+                "type": ["view"] * len(visits),
+                "quantity": [1] * len(visits),
+                "price": [np.nan] * len(visits),
+                "value": [np.nan] * len(visits),
+                "session_id": [f"s{i}" for i in range(len(visits))],
+                "price_outlier": [False] * len(visits),
+                "quantity_outlier": [False] * len(visits),
+            }
+        ),
+    )
+    features = customer_features(load_inputs(tmp_path), _ts("2026-05-01"))
+    missed = features.set_index("customer_id")["missed_visits"]
+    assert missed["c_000000000000000a"] == pytest.approx(1.0)
+    assert missed["c_000000000000000b"] == pytest.approx(6.5)
+    assert missed["c_000000000000000c"] == pytest.approx(0.45)
+    assert np.isnan(missed["c_000000000000000d"])
+
+
 def test_product_features_windows(shop: Path) -> None:
     inputs = load_inputs(shop)
     p = product_features(inputs, _ts("2026-03-12")).set_index("product_id")
@@ -152,6 +236,9 @@ def test_features_on_the_small_storefront_separate_personas(small: Dataset) -> N
     assert medians["discount_affinity"].idxmax() == "bargain_hunter"
     assert medians["price_band_high_share"].idxmax() == "loyal_high_value"
     assert medians.loc["lapsed", "days_since_last_event"] > 150
+    # Lapsed customers missed many visits at their own pace; everyone else about one.
+    assert medians.loc["lapsed", "missed_visits"] > 3
+    assert medians.drop(index="lapsed")["missed_visits"].max() < 1.5
     assert medians["novelty_share"].idxmax() == "trend_follower"
 
 

@@ -142,11 +142,12 @@ def test_reports_have_scores_profiles_and_plots(
 
 @pytest.mark.slow
 def test_segments_recover_the_planted_personas(tmp_path: Path, small: Dataset) -> None:
-    """With k fixed at the number of personas; the figure is in the issue notes."""
+    """With k fixed at the number of personas. Measured 0.808 (0.791 before
+    missed_visits); the guard leaves a little margin and still fails at the old figure."""
     settings = _prepare(tmp_path, small, segment_k=6, segment_bootstrap_rounds=2)
     run = run_segmentation(settings, online=False, progress=False)
     assert run.persona_agreement is not None
-    assert run.persona_agreement["adjusted_rand"] >= 0.7
+    assert run.persona_agreement["adjusted_rand"] >= 0.795
     assert {"New customers", "Bargain hunters", "Trend followers"} <= set(run.model.segment_names)
     np.testing.assert_array_equal(
         np.sort(run.assignments["segment_id"].unique()), np.sort(run.model.segment_ids)

@@ -296,6 +296,8 @@ def test_admin_reload_is_guarded_checked_and_atomic(server: Server) -> None:
         "swapped": False,
         "bundle_version": server.bundle_version,
         "reason": "unchanged",
+        # The tactics and experiments files are re-read too; they did not change.
+        "config": {"swapped": False, "reason": "unchanged"},
     }
     # A corrupted bundle is refused and the old one keeps serving.
     bad = _new_version(server, "bundle-29990101T000000")

@@ -122,3 +122,16 @@ def test_declared_and_streamed_oversize_bodies_are_refused() -> None:
     streamed = asyncio.run(_post(client(), chunks()))
     assert streamed.status_code == 413 and streamed.json()["field"] == "body"
     assert "more than 1000 bytes" in streamed.json()["error"]
+
+
+def test_live_recency_rescales_missed_visits_with_the_idle_days() -> None:
+    from serving.engine import _recency_now
+
+    stored = {"days_since_last_event": 60.0, "missed_visits": 6.0, "tenure_days": 400.0}
+    # A lapsed customer back in a session 3 hours ago: 6 missed visits in 60 days -> 0.0125.
+    live = _recency_now(stored, idle_days=0.125)
+    assert live["days_since_last_event"] == 0.125
+    assert live["missed_visits"] == pytest.approx(6.0 * 0.125 / 60.0)
+    assert live["tenure_days"] == 400.0 and stored["missed_visits"] == 6.0
+    unknown = _recency_now({"days_since_last_event": float("nan"), "missed_visits": 2.0}, 0.5)
+    assert unknown["missed_visits"] == 2.0  # nothing to scale by: left as stored

@@ -22,7 +22,7 @@ from training.features.customer import customer_features
 from training.features.inputs import load_inputs
 from training.features.product import product_features
 
-FEATURES_VERSION = "1"
+FEATURES_VERSION = "2"  # 2: missed_visits
 CUSTOMER_FILE = "customer_features.parquet"
 PRODUCT_FILE = "product_features.parquet"
 LIST_COLUMNS = frozenset({"category_shares"})

@@ -93,6 +93,21 @@ def _habits(ev: pd.DataFrame) -> pd.DataFrame:
     return out.astype(np.float64)
 
 
+def _missed_visits(
+    ev: pd.DataFrame, days_since_last_event: pd.Series, observed_days: pd.Series
+) -> pd.Series:
+    """Visits a customer would have made since their last one at their own pace: days
+    since the last event times visits per day observed (a visit is a day with any event).
+
+    It tells "few visits, evenly spread" from "many visits, then stopped", which recency
+    alone does not: 70 days after the last of 5 visits in 500 days is 0.7 missed visits
+    (an occasional shopper on time), 70 days after the last of 25 is 3.5 (a regular who
+    stopped). NaN without events, like ``days_since_last_event``."""
+    visits = ev["ts"].dt.floor("D").groupby(ev["customer_id"].astype(object)).nunique()
+    rate = visits.reindex(days_since_last_event.index).fillna(0) / observed_days
+    return (days_since_last_event * rate).astype(np.float64)
+
+
 def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per customer who had signed up by ``as_of``, stamped ``event_timestamp``."""
     customers = inputs.customers[inputs.customers["signup_ts"] < as_of].set_index("customer_id")
@@ -236,6 +251,7 @@ def customer_features(inputs: FeatureInputs, as_of: pd.Timestamp) -> pd.DataFram
     observed_from = customers["signup_ts"].clip(lower=inputs.events["ts"].min())
     observed_days = _days(as_of - observed_from).clip(lower=1.0)
     out["interaction_rate_30d"] = out["interactions"] / observed_days * 30.0
+    out["missed_visits"] = _missed_visits(ev, out["days_since_last_event"], observed_days)
     out = out.join(_habits(ev))
     out["novelty_share"] = _novelty_share(inputs, as_of, ev, weight).reindex(ids)
 

@@ -1,0 +1,1 @@
+"""Kubernetes manifests (kustomize) and their validation: see k8s/README.md."""
