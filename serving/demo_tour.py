@@ -144,7 +144,9 @@ class Tour:
         """A basket left 20 minutes ago: the cart-abandonment rule fires (the service's
         clock is the data's, computed here the same way)."""
         self.console.rule(f"A basket {customer_id} left twenty minutes ago")
-        left_at = feature_clock(self.settings)() - dt.timedelta(minutes=20)
+        # The service runs on the data's clock (run_tour sets it); so must this.
+        data_clock = feature_clock(self.settings.model_copy(update={"feature_clock": "data"}))
+        left_at = data_clock() - dt.timedelta(minutes=20)
         event = {
             "customer_id": customer_id,
             "product_id": product_id,
@@ -153,7 +155,9 @@ class Tour:
             "price": float(self.products["price"][product_id]),
             "session_id": "demo-abandoned",
         }
-        post(f"{self.url}/events", {"events": [event]})
+        posted = post(f"{self.url}/events", {"events": [event]})
+        if posted["rejected"]:
+            raise RuntimeError(f"the demo's cart event was rejected: {posted['rejected']}")
         answer = self.carousel(customer_id)
         self.show("Home 'for you' with a basket waiting", answer)
         fired = answer.get("tactics", {}).get("rules", [])
