@@ -6,10 +6,12 @@ import base64
 import html
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers or in CI
 
@@ -18,6 +20,20 @@ STYLE = (
     "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}"
     "img{max-width:100%}"
 )
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` made JSON-ready: NaN and infinities become null (JSON has no NaN), numpy
+    scalars plain Python, mapping keys strings."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def png_base64(fig: Any) -> str:

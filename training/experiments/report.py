@@ -103,19 +103,6 @@ class ReportOptions:
     segments: bool = True
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready: NaN and infinities become null, numpy scalars plain, keys strings."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _variant_order(experiment: Experiment | None, seen: Sequence[str]) -> list[str]:
     """Configured variants first, in file order (the first is the control), then any
     variant the log has but the file no longer lists."""
@@ -370,7 +357,9 @@ def build_report(
     options: ReportOptions | None = None,
     sources: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], Attribution]:
-    """The whole report (JSON-ready after :func:`_clean`) and the attribution behind it."""
+    """The whole report (JSON-ready) and the attribution behind it."""
+    from training.html_report import json_ready  # matplotlib only when reporting
+
     options = options or ReportOptions()
     joined = attribute(exposures.frame, events.frame, attribution_hours)
     configured = config.by_name()
@@ -413,7 +402,7 @@ def build_report(
         },
         "experiments": sections,
     }
-    return _clean(report), joined
+    return json_ready(report), joined
 
 
 # ---- writing ----------------------------------------------------------------------------

@@ -12,25 +12,12 @@ import numpy as np
 
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
-from training.html_report import html_page, png_base64
+from training.html_report import html_page, json_ready, png_base64
 from training.train.evaluate import BLEND, SCORE_BINS, RankingResult
 from training.train.pipeline import TrainingRun
 
 HEADLINE = ("ndcg", "hit_rate", "precision", "recall", "map", "mrr")
 GROUPS = ("segment_name", "lifecycle", "cold_start")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-ready: NaN and infinities become null (JSON has no NaN), numpy scalars plain."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
@@ -194,7 +181,7 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     report = report_dict(run, settings)
     json_path = settings.reports_dir / "evaluation.json"
-    json_path.write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
+    json_path.write_text(json.dumps(json_ready(report), indent=2, default=str) + "\n")
     figures = []
     for protocol in report["protocols"]:
         figures.append((f"{protocol}: accuracy", _bars_with_intervals(report, protocol)))
