@@ -10,7 +10,7 @@ UV_VERSION  := 0.13.8
 UV          := $(PYTHON) -m uv
 SEGREC      := $(VENV)/bin/segrec
 # Debian packages the tests and demo need; `make setup` installs the missing ones.
-APT_PACKAGES := redis-server
+APT_PACKAGES := redis-server chromium chromium-driver
 
 SIZE   ?=
 SEED   ?=
@@ -20,6 +20,7 @@ MAP    ?=
 PYTEST_ARGS ?=
 UPDATE ?=
 PORT   ?= 3000
+SERVE  ?=
 
 DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(INPUT),--input $(INPUT) --format $(or $(FORMAT),canonical)) \
@@ -34,7 +35,7 @@ LOADTEST_ARGS ?=
 TOOLS_VENV ?= .venv-tools
 CHECKOV    := $(TOOLS_VENV)/bin/checkov
 
-.PHONY: help setup demo test data features segments train evaluate ab-report serve bento image image-smoke bench bench-serving loadtest k8s lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate ab-report serve bento image image-smoke bench bench-serving loadtest soak k8s lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +54,8 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@touch $@
 	@echo "Installed the locked environment into $(VENV)"
 
-demo: setup build/requirements-serving.txt ## Run everything end to end on the embedded defaults: data to a served Bento
-	$(SEGREC) demo
+demo: setup build/requirements-serving.txt ## Run everything end to end: data to a served Bento, storefront demo and console URLs (SERVE=1 keeps it up)
+	$(SEGREC) demo $(if $(SERVE),--serve)
 
 data: setup ## Generate synthetic data (SIZE=) or import INPUT= FORMAT=, then clean it
 	$(SEGREC) data $(DATA_ARGS)
@@ -103,6 +104,9 @@ bench-serving: setup ## /recommend p50/p99 at 50 and 200 RPS and max throughput,
 
 loadtest: setup ## Locust storefront load as a gate: PROFILE=smoke|steady|step [HOST=url]; starts a server when none answers
 	$(VENV)/bin/python -m loadtests.run --profile $(PROFILE) $(if $(HOST),--host $(HOST)) $(LOADTEST_ARGS)
+
+soak: setup ## 10 min of the storefront mix at 200 req/s with /readyz polled every second, worker RSS and fds watched (not in make test)
+	$(VENV)/bin/python -m loadtests.soak $(if $(HOST),--host $(HOST)) $(SOAK_ARGS)
 
 k8s: setup $(CHECKOV) ## Render k8s overlays (dev, staging, prod) into build/k8s/ and validate: schemas, checkov, own checks
 	$(VENV)/bin/python -m k8s.validate --checkov $(CHECKOV)

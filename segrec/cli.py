@@ -411,7 +411,14 @@ def run_customer_value(settings: Settings) -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Keep the service up after the tour (storefront demo, console)."
+        ),
+    ] = False,
+) -> None:
     """The main job end to end on the embedded defaults (synthetic data, SQLite store)."""
     settings = get_settings()
     console.rule("segrec demo: data")
@@ -428,7 +435,7 @@ def demo() -> None:
     from serving.demo_tour import run_tour
 
     try:
-        run_tour(settings, built, console)
+        run_tour(settings, built, console, serve=serve)
     except (RuntimeError, OSError) as error:  # ServiceStartError is a RuntimeError
         _fail(f"the demo service failed: {error}")
 
@@ -543,7 +550,12 @@ def ab_report(
     from training.experiments.report import ReportOptions, run_ab_report
 
     settings = get_settings()
-    options = ReportOptions(alpha=alpha, n_boot=n_boot, seed=settings.seed)
+    options = ReportOptions(
+        alpha=alpha,
+        n_boot=n_boot,
+        seed=settings.seed,
+        churn_band_edges=settings.churn_band_edges,
+    )
     try:
         report, json_path, html_path = run_ab_report(settings, options)
     except ExperimentConfigError as error:
@@ -641,6 +653,58 @@ def simulate(
     )
     for problem in summary["errors"]:
         err_console.print(f"  {problem}")
+
+
+@app.command()
+def erase(
+    customer: Annotated[
+        str, typer.Argument(help="The customer's pseudonym (c_...) or raw id from the export.")
+    ],
+    actor: Annotated[
+        str | None, typer.Option(help="Who asks (for the audit log; default: your login).")
+    ] = None,
+) -> None:
+    """Forget a customer everywhere: the online store (every feature view), offline Parquet
+    data, event and exposure logs; suppress them in later events, imports and training.
+    Audited by pseudonym only. With the service running, prefer POST /admin/erase."""
+    import getpass
+
+    from segrec.audit import AuditLog, clean_actor
+    from segrec.erasure import ErasureError, erase_customer
+
+    settings = get_settings()
+    who = clean_actor(actor, f"cli:{clean_actor(getpass.getuser(), 'unknown')}")
+    audit = AuditLog(settings.audit_log_file)
+    try:
+        report = erase_customer(settings, customer)
+    except ErasureError as error:
+        audit.record(actor=who, action="erase", outcome="rejected", details={"error": str(error)})
+        _fail(str(error))
+    audit.record(actor=who, action="erase", outcome="erased", details=report.as_dict())
+    table = Table("removed from", "rows or lines")
+    table.add_row("online store (every feature view)", str(report.online_rows))
+    for path, count in {**report.parquet_rows, **report.log_lines}.items():
+        table.add_row(path, str(count))
+    console.print(table)
+    note = " (already suppressed)" if report.already_suppressed else ""
+    console.print(
+        f"Erased {report.customer}{note}, with {report.merged_ids} merged record(s); "
+        f"suppressed in {settings.suppression_file}, audited in {settings.audit_log_file}"
+    )
+
+
+@app.command("audit")
+def audit_check() -> None:
+    """Check the admin audit log's hash chain and show its last entries."""
+    from segrec.audit import verify_audit_log
+
+    settings = get_settings()
+    check = verify_audit_log(settings.audit_log_file)
+    for problem in check.problems:
+        err_console.print(f"[bold red]{problem}[/]")
+    if not check.ok:
+        _fail(f"{settings.audit_log_file}: the chain is broken ({len(check.problems)} problems)")
+    console.print(f"{settings.audit_log_file}: {check.entries} entries, chain intact")
 
 
 @app.command("settings")

@@ -255,6 +255,8 @@ class Exposure:
     segment_id: int | None = None
     segment_name: str | None = None
     rules: tuple[str, ...] = ()
+    churn_risk: float | None = None  # at exposure, from the customer_value view
+    clv_band: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -270,6 +272,8 @@ class Exposure:
             "bundle_version": self.bundle_version,
             "rules": list(self.rules),
             "config_version": self.config_version,
+            "churn_risk": self.churn_risk,
+            "clv_band": self.clv_band,
         }
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "segrec-development-secret-change-me"
@@ -141,6 +141,32 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most customers in one /recommend/batch request."
     )
     max_batch_events: int = Field(1000, ge=1, description="Most events in one /events request.")
+    event_clock_skew_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How far ahead of the server's clock an event's ts may be (storefront "
+        "clock skew); /events rejects later ones.",
+    )
+    event_max_age_hours: float = Field(
+        168.0,
+        gt=0,
+        description="Oldest event /events takes; older ones belong to a batch import, not "
+        "a live session.",
+    )
+    request_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request may run; past it the service answers 504 and carries "
+        "on. Kubernetes' terminationGracePeriodSeconds must cover the preStop sleep plus this.",
+    )
+    max_concurrency: int = Field(
+        32,
+        ge=1,
+        description="In-flight API requests per pod (split across its BentoML workers) above "
+        "which a new one is answered 429 at once instead of queueing; /livez, /readyz and "
+        "/metrics are exempt. 32 carousels are about 0.2 s of one core's work, twice the "
+        "p99 budget.",
+    )
     tactics_file: Path = Field(
         PROJECT_ROOT / "serving" / "config" / "tactics.yaml",
         description="Personalisation rules (YAML, versioned): conditions over customer "
@@ -162,6 +188,11 @@ class Settings(BaseSettings):
         gt=0,
         description="An outcome (view, cart, purchase of a shown item) counts for the newest "
         "exposure that showed the item at most this many hours before.",
+    )
+    churn_band_edges: tuple[float, float] = Field(
+        (0.3, 0.7),
+        description="Churn risk below the first edge is the low band, from the second the "
+        "high band, medium between; make ab-report breaks experiments down by these bands.",
     )
     admin_token: SecretStr | None = Field(
         None,
@@ -301,6 +332,14 @@ class Settings(BaseSettings):
         "(default: <data_dir>/bentoml).",
     )
 
+    @field_validator("churn_band_edges")
+    @classmethod
+    def _edges_rise_within_zero_one(cls, edges: tuple[float, float]) -> tuple[float, float]:
+        low, high = edges
+        if not 0.0 < low < high < 1.0:
+            raise ValueError(f"need 0 < low < high < 1 (churn risk is a probability), got {edges}")
+        return edges
+
     @property
     def bundles_dir(self) -> Path:
         return self.data_dir / "bundles"
@@ -338,6 +377,20 @@ class Settings(BaseSettings):
         """Where serving appends accepted live events (one JSON-lines file per writer and
         day) and where ``train`` ingests them from; shared by every serving pod."""
         return self.data_dir / "events" / "live"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """The suppression list and the admin audit log (``segrec.erasure``,
+        ``segrec.audit``): keyed pseudonyms only, never raw ids. Erasure leaves it alone."""
+        return self.data_dir / "privacy"
+
+    @property
+    def suppression_file(self) -> Path:
+        return self.privacy_dir / "suppressed.txt"
+
+    @property
+    def audit_log_file(self) -> Path:
+        return self.privacy_dir / "audit.jsonl"
 
     @property
     def exposure_log_dir(self) -> Path:

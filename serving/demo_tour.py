@@ -4,13 +4,16 @@ Starts ``bentoml serve <bento>``, asks for carousels for customers of three diff
 segments and for an unknown visitor, posts a short shopping session for one of them and
 shows how their next carousels changed, leaves another customer's basket for twenty
 minutes so a tactics rule fires, shows one customer from each arm of the running
-experiment, prints the evaluation summary and where the reports are, and stops the server.
+experiment, prints the evaluation summary and where the reports are, prints the URLs of
+the storefront demo and the segment console (``serving/ui``), and stops the server, or
+keeps it up until Ctrl-C with ``segrec demo --serve`` (``make demo SERVE=1``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Set as AbstractSet
@@ -207,8 +210,9 @@ class Tour:
         )
 
 
-def run_tour(settings: Settings, bento_tag: str, console: Console) -> None:
-    """Serve ``bento_tag`` on a free port for the tour, then stop it."""
+def run_tour(settings: Settings, bento_tag: str, console: Console, serve: bool = False) -> None:
+    """Serve ``bento_tag`` on a free port for the tour, print where the storefront demo and
+    the console are, then stop it (``serve``: keep it up until Ctrl-C)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -222,6 +226,17 @@ def run_tour(settings: Settings, bento_tag: str, console: Console) -> None:
     log = settings.data_dir / "demo" / "service.log"
     console.print(f"Starting bentoml serve {bento_tag} on {url} (log: {log})")
     command = bentoml_command(bento_tag, port)
-    with running_service(command, url, log, env, cwd=Path.cwd()):
+    with running_service(command, url, log, env, cwd=Path.cwd()) as service:
         Tour(settings, url, console).run()
+        console.rule("In the browser")
+        console.print(f"Storefront demo: {url}/ui/\nSegment console: {url}/ui/console.html")
+        if serve:
+            console.print("Serving until Ctrl-C.")
+            try:
+                while service.process.poll() is None:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                pass
+        else:
+            console.print("(make demo SERVE=1 keeps the service up to open them)")
     console.print("Service stopped.")

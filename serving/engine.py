@@ -83,6 +83,8 @@ class Recommendation:
     live_session: bool = False  # the live session shaped this answer
     tactics: AppliedTactics = NO_TACTICS
     experiment: Assignment | None = None
+    # churn_risk, clv_band, clv_expected when the customer_value view has them, else None
+    customer_value: dict[str, Any] | None = None
 
     def as_json(self, customer_id: str) -> dict[str, Any]:
         """The HTTP answer for ``customer_id`` (every front end returns the same)."""
@@ -96,6 +98,7 @@ class Recommendation:
             "live_session": self.live_session,
             "tactics": self.tactics.as_json(),
             "experiment": None if self.experiment is None else self.experiment.as_json(),
+            "customer_value": self.customer_value,
         }
 
 
@@ -505,6 +508,7 @@ class RecommendationEngine:
             live_session=customer.live,
             tactics=applied,
             experiment=assignment,
+            customer_value=_customer_value(customer),
         )
 
     def segment(self, customer_id: str) -> dict[str, Any]:
@@ -528,6 +532,7 @@ class RecommendationEngine:
             "segment": customer.segment,
             "lifecycle_stage": customer.lifecycle,
             "profile": profile,
+            "customer_value": _customer_value(customer),
             "fallback": customer.fallback,
         }
 
@@ -615,6 +620,28 @@ def _plain(value: Any) -> float | None:
         return None
     number = float(value)
     return None if number != number else round(number, 4)
+
+
+def _customer_value(customer: _Customer) -> dict[str, Any] | None:
+    """Churn risk and CLV from the ``customer_value`` view, for the answer and the
+    exposure log (reports break experiments down by them); None when not scored."""
+    if not customer.personal:
+        return None
+    # Missing features carry the view's defaults (clv_band "unknown"): not a score.
+    missing = set(customer.vector.missing)
+    found = {
+        name: customer.vector.values.get(name)
+        for name in ("churn_risk", "clv_band", "clv_expected")
+        if f"customer_value:{name}" not in missing
+    }
+    if not found:
+        return None
+    band = found.get("clv_band")
+    return {
+        "churn_risk": _plain(found.get("churn_risk")),
+        "clv_band": band if isinstance(band, str) else None,
+        "clv_expected": _plain(found.get("clv_expected")),
+    }
 
 
 def _fallback(vector: FeatureVector) -> str | None:

@@ -27,6 +27,7 @@ from segrec.live_session import LiveEvent
 from segrec.pseudonym import CUSTOMER_ID_PATTERN
 
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase", "rating"]
+# Defaults; the service takes SEGREC_EVENT_CLOCK_SKEW_SECONDS and SEGREC_EVENT_MAX_AGE_HOURS.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 MAX_EVENT_AGE = dt.timedelta(days=7)  # older events belong to a batch import, not a session
 MAX_QUANTITY = 10_000
@@ -56,10 +57,15 @@ class StorefrontEvent(BaseModel):
 
     @field_validator("ts")
     @classmethod
-    def _aware(cls, ts: dt.datetime | None) -> dt.datetime | None:
-        if ts is not None and ts.tzinfo is None:
+    def _utc(cls, ts: dt.datetime | None) -> dt.datetime | None:
+        if ts is None:
+            return None
+        if ts.tzinfo is None:
             raise ValueError("needs a time zone (e.g. 2026-11-23T10:15:00Z)")
-        return ts
+        try:
+            return ts.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC time
+            raise ValueError("is out of range once converted to UTC") from None
 
 
 @dataclass(frozen=True)
@@ -91,9 +97,18 @@ def event_id_of(event: StorefrontEvent, ts: dt.datetime) -> str:
 
 
 def validate_events(
-    raw_events: Sequence[Any], catalogue: Container[str], now: dt.datetime
+    raw_events: Sequence[Any],
+    catalogue: Container[str],
+    now: dt.datetime,
+    erased: Container[str] = frozenset(),
+    *,
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+    max_age: dt.timedelta = MAX_EVENT_AGE,
 ) -> tuple[list[LiveEvent], list[Rejection]]:
-    """Accepted events (in batch order) and the rejected ones with reasons."""
+    """Accepted events (in batch order) and the rejected ones with reasons; events of
+    ``erased`` customers (the suppression list) are refused, never stored. An event's
+    ``ts`` may be at most ``max_skew`` ahead of ``now`` and ``max_age`` behind it (the
+    service passes ``SEGREC_EVENT_CLOCK_SKEW_SECONDS`` and ``SEGREC_EVENT_MAX_AGE_HOURS``)."""
     accepted: list[LiveEvent] = []
     rejected: list[Rejection] = []
     for index, raw in enumerate(raw_events):
@@ -107,8 +122,11 @@ def validate_events(
             field = ".".join(str(part) for part in first["loc"])
             rejected.append(Rejection(index, field, _reason(first)))
             continue
-        ts = event.ts.astimezone(dt.UTC) if event.ts else now
-        problem = _check(event, ts, catalogue, now)
+        if event.customer_id in erased:
+            rejected.append(Rejection(index, "customer_id", "customer erased: events refused"))
+            continue
+        ts = event.ts or now
+        problem = _check(event, ts, catalogue, now, max_skew, max_age)
         if problem:
             rejected.append(Rejection(index, *problem))
             continue
@@ -129,19 +147,29 @@ def validate_events(
 
 
 def _check(
-    event: StorefrontEvent, ts: dt.datetime, catalogue: Container[str], now: dt.datetime
+    event: StorefrontEvent,
+    ts: dt.datetime,
+    catalogue: Container[str],
+    now: dt.datetime,
+    max_skew: dt.timedelta,
+    max_age: dt.timedelta,
 ) -> tuple[str, str] | None:
     if event.product_id not in catalogue:
         return "product_id", f"unknown product {event.product_id!r}"
-    if ts > now + MAX_CLOCK_SKEW:
+    if ts > now + max_skew:
         return "ts", f"{ts.isoformat()} is in the future (now {now.isoformat()})"
-    if ts < now - MAX_EVENT_AGE:
-        return "ts", f"{ts.isoformat()} is older than {MAX_EVENT_AGE.days} days: import it instead"
+    if ts < now - max_age:
+        return "ts", f"{ts.isoformat()} is older than {_span(max_age)}: import it instead"
     if event.type == "rating" and event.value is None:
         return "value", "a rating event needs a value from 1 to 5"
     if event.type != "rating" and event.value is not None:
         return "value", f"only rating events carry a value, not {event.type}"
     return None
+
+
+def _span(age: dt.timedelta) -> str:
+    hours = age.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours % 24 == 0 else f"{hours:g} hours"
 
 
 def _reason(error: Any) -> str:

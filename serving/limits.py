@@ -1,14 +1,21 @@
-"""Request-size limit as ASGI middleware: an oversized body is refused with 413 before
-the service reads it into memory, by its Content-Length or, for chunked bodies, as soon
-as the bytes received pass the limit."""
+"""Request limits as ASGI middleware, checked before the service reads a body.
+
+- :class:`BodySizeLimit`: an oversized body is refused with 413, by its Content-Length
+  or, for chunked bodies, as soon as the bytes received pass the limit.
+- :class:`JsonBodiesOnly`: the JSON APIs refuse form and multipart bodies with 415
+  (BentoML would parse them as forms, and a multipart body without a boundary made it
+  answer 500).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
 
 
 class BodySizeLimit:
@@ -69,15 +76,44 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Any, status: int, message: str) -> None:
-        body = json.dumps({"error": message, "field": "body"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await refuse(send, status, message, "body")
+
+
+class JsonBodiesOnly:
+    """Refuse ``POST`` bodies to ``paths`` sent as forms (415); other content types are
+    read as JSON, as BentoML does (a client that sends no Content-Type still works)."""
+
+    def __init__(self, app: Any, paths: Collection[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            headers = dict(scope.get("headers") or [])
+            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media.startswith(FORM_TYPES):
+                await refuse(
+                    send,
+                    415,
+                    f"{media.decode(errors='replace')} bodies are not accepted: "
+                    "send the request as application/json",
+                    "content-type",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def refuse(send: Any, status: int, message: str, field: str) -> None:
+    """Answer ``status`` with the service's JSON error body."""
+    body = json.dumps({"error": message, "field": field}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

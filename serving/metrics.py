@@ -56,6 +56,10 @@ RELOADS = Counter(
     documentation="Bundle reload attempts by outcome (swapped, unchanged, rejected).",
     labelnames=["outcome"],
 )
+ERASURES = Counter(
+    name="segrec_erasures_total",
+    documentation="Customers erased through /admin/erase (the audit log has the pseudonyms).",
+)
 TACTIC_RULES = Counter(
     name="segrec_tactic_rules_total",
     documentation="Tactics rules applied to recommendation answers, by rule id.",

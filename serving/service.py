@@ -41,19 +41,23 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from segrec.audit import AuditLog, clean_actor
 from segrec.bundle import BundleError
+from segrec.erasure import ErasureError, SuppressionList, erase_customer
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
 from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.settings import Settings
 from serving import metrics
+from serving.api_schema import HonestOpenAPI
 from serving.engine import Recommendation, RecommendationEngine, RecommendRequest
 from serving.event_batcher import EventBatcher
 from serving.events import validate_events
 from serving.feature_budget import BudgetedFeatureSource
-from serving.limits import BodySizeLimit
+from serving.limits import BodySizeLimit, JsonBodiesOnly
 from serving.loading import build_engine, load_bundle, open_reader, personalisation_for
 from serving.personalisation import PersonalisationError, file_stamp
+from serving.ui.app import build_ui_app
 
 logger = logging.getLogger("segrec.service")
 SETTINGS = Settings()
@@ -82,8 +86,13 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 # Access logs and tracing spans off on the request path: measured (loadtests/latency.py)
 # at +42% throughput on one worker; the metrics keep counts and latencies per endpoint.
+# Past the timeout BentoML answers 504; past max_concurrency in-flight requests (split
+# across workers) it answers 429 at once, sparing /livez, /readyz and /metrics.
 @bentoml.service(
-    traffic={"timeout": 10},
+    traffic={
+        "timeout": SETTINGS.request_timeout_seconds,
+        "max_concurrency": SETTINGS.max_concurrency,
+    },
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": "/recommend,/recommend/batch,/similar,/segment,/events"},
 )
@@ -99,6 +108,8 @@ class Segrec:
         self.event_log = EventLog(self.settings.event_log_dir)
         self._event_batcher = EventBatcher(self._write_events)
         self.exposure_log = ExposureLog(self.settings.exposure_log_dir)
+        self.audit_log = AuditLog(self.settings.audit_log_file)
+        self.suppression = SuppressionList(self.settings.suppression_file)
         self._load()
         threading.Thread(target=self._watch_config, name="config-watch", daemon=True).start()
 
@@ -215,6 +226,7 @@ class Segrec:
             assignment = answer.experiment
             if assignment is None:
                 continue
+            value = answer.customer_value or {}
             metrics.EXPOSURES.labels(
                 experiment=assignment.experiment, variant=assignment.variant
             ).inc()
@@ -231,6 +243,8 @@ class Segrec:
                     segment_id=None if answer.segment is None else int(answer.segment["id"]),
                     segment_name=None if answer.segment is None else str(answer.segment["name"]),
                     rules=answer.tactics.rules,
+                    churn_risk=value.get("churn_risk"),
+                    clv_band=value.get("clv_band"),
                 )
             )
         if exposures:
@@ -359,13 +373,22 @@ class Segrec:
             )
         engine = self._engine()
         now = engine.clock()
-        accepted, rejected = validate_events(events, engine.index_of, now)
+        accepted, rejected = validate_events(
+            events,
+            engine.index_of,
+            now,
+            erased=self.suppression.ids(),
+            max_skew=dt.timedelta(seconds=self.settings.event_clock_skew_seconds),
+            max_age=dt.timedelta(hours=self.settings.event_max_age_hours),
+        )
         # Claimed before the write (one event loop: no lock needed), so a concurrent retry
         # of the same events is a duplicate; released if the write fails, so a retry after
-        # a failure is not.
-        fresh = [e for e in accepted if e.event_id not in self._recent_ids]
-        for event in fresh:
-            self._recent_ids[event.event_id] = None
+        # a failure is not. One by one, so an event repeated within the batch counts once.
+        fresh = []
+        for event in accepted:
+            if event.event_id not in self._recent_ids:
+                self._recent_ids[event.event_id] = None
+                fresh.append(event)
         while len(self._recent_ids) > RECENT_EVENT_IDS:
             self._recent_ids.popitem(last=False)
         try:
@@ -387,6 +410,34 @@ class Segrec:
         }
 
     # ---- operations -------------------------------------------------------------------
+    def _authorise(self, ctx: bentoml.Context, action: str) -> tuple[str, dict[str, Any] | None]:
+        """The caller's actor name, and the refusal to answer with (status set on ``ctx``)
+        when the bearer token is missing (401) or wrong (403), or admin is off (403).
+        Refusals are audited too; the token itself is never logged or echoed."""
+        request = ctx.request
+        actor = clean_actor(request.headers.get("x-segrec-actor"), "admin")
+        client = request.client.host if request.client else "unknown"
+        token = self.settings.admin_token
+        given = request.headers.get("authorization", "")
+        if token is None:
+            status, error = 403, "admin endpoints are off: set SEGREC_ADMIN_TOKEN"
+        elif not given:
+            status, error = 401, "missing bearer token (Authorization: Bearer <token>)"
+        elif not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+            status, error = 403, "wrong bearer token"
+        else:
+            return actor, None
+        self._audit(actor, action, "refused", {"status": status, "client": client})
+        ctx.response.status_code = status
+        # With a context parameter BentoML takes the status from the context.
+        return actor, {"error": error, "field": "authorization"}
+
+    def _audit(self, actor: str, action: str, outcome: str, details: dict[str, Any]) -> None:
+        try:
+            self.audit_log.record(actor=actor, action=action, outcome=outcome, details=details)
+        except OSError as error:  # the action happened; say loudly that its record did not
+            logger.error("audit log not written for %s %s: %s", action, outcome, error)
+
     @bentoml.api(route="/admin/reload")
     def reload(
         self,
@@ -396,28 +447,34 @@ class Segrec:
     ) -> Any:
         """Load bundle ``version`` (default: the newest), verify its checksums and a smoke
         prediction, then swap it in; the old bundle keeps serving if anything fails.
-        Needs ``Authorization: Bearer <SEGREC_ADMIN_TOKEN>``."""
-        # With a context parameter BentoML takes the status from the context, not from a
-        # returned response.
-        token = self.settings.admin_token
-        if token is None:
-            ctx.response.status_code = 403
-            return {"error": "admin endpoints are off: set SEGREC_ADMIN_TOKEN", "field": "auth"}
-        given = ctx.request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            ctx.response.status_code = 401
-            return {"error": "missing or wrong bearer token", "field": "authorization"}
+        Needs ``Authorization: Bearer <SEGREC_ADMIN_TOKEN>``; audited."""
+        actor, refused = self._authorise(ctx, "reload")
+        if refused is not None:
+            return refused
+        status, body = self._reload(version, force)
+        ctx.response.status_code = status
+        outcome = (
+            "swapped" if body.get("swapped") else ("rejected" if status >= 400 else "unchanged")
+        )
+        self._audit(
+            actor,
+            "reload",
+            outcome,
+            {k: body.get(k) for k in ("bundle_version", "previous", "error") if body.get(k)},
+        )
+        return body
+
+    def _reload(self, version: str | None, force: bool) -> tuple[int, dict[str, Any]]:
         current = self.engine
+        serving = current.bundle.version if current else None
         try:
             bundle = load_bundle(self.settings, version)
             if current is not None and bundle.version == current.bundle.version and not force:
                 metrics.RELOADS.labels(outcome="unchanged").inc()
                 config = self.refresh_config()
                 if "error" in config:
-                    ctx.response.status_code = 409
-                    return {**config, "field": "config", "bundle_version": bundle.version}
-                return {
+                    return 409, {**config, "field": "config", "bundle_version": bundle.version}
+                return 200, {
                     "swapped": False,
                     "bundle_version": bundle.version,
                     "reason": "unchanged",
@@ -427,35 +484,61 @@ class Segrec:
             engine = build_engine(self.settings, bundle=bundle, features=features)
             engine.smoke_test()
         except PersonalisationError as error:
-            metrics.RELOADS.labels(outcome="rejected").inc()
-            ctx.response.status_code = 409
-            return {
-                "swapped": False,
-                "error": f"tactics or experiments do not fit bundle {bundle.version}: {error}",
-                "field": "config",
-                "bundle_version": current.bundle.version if current else None,
-            }
+            field = "config"
+            message = f"tactics or experiments do not fit bundle {bundle.version}: {error}"
         except (BundleError, FileNotFoundError, ValueError, KeyError) as error:
-            metrics.RELOADS.labels(outcome="rejected").inc()
-            ctx.response.status_code = 409
-            return {
-                "swapped": False,
-                "error": f"bundle rejected: {error}",
-                "field": "version",
-                "bundle_version": current.bundle.version if current else None,
-            }
-        if current is None:
-            self._load()  # first load also needs the session writer
+            field, message = "version", f"bundle rejected: {error}"
         else:
-            self._swap(engine)
-        metrics.RELOADS.labels(outcome="swapped").inc()
-        logger.info("bundle %s now serving", engine.bundle.version)
-        return {
-            "swapped": True,
-            "bundle_version": engine.bundle.version,
-            "previous": current.bundle.version if current else None,
-        }
+            if current is None:
+                self._load()  # first load also needs the session writer
+            else:
+                self._swap(engine)
+            metrics.RELOADS.labels(outcome="swapped").inc()
+            logger.info("bundle %s now serving", engine.bundle.version)
+            return 200, {
+                "swapped": True,
+                "bundle_version": engine.bundle.version,
+                "previous": serving,
+            }
+        metrics.RELOADS.labels(outcome="rejected").inc()
+        return 409, {"swapped": False, "error": message, "field": field, "bundle_version": serving}
+
+    @bentoml.api(route="/admin/erase")
+    def erase(
+        self,
+        ctx: bentoml.Context,
+        customer_id: Annotated[str, Field(min_length=1, max_length=256)],
+    ) -> Any:
+        """Forget a customer (pseudonym or raw id): every online feature view, the offline
+        Parquet data, event and exposure logs; then suppress them, so their events and
+        re-imports are refused. Needs the admin bearer token; audited by pseudonym only."""
+        actor, refused = self._authorise(ctx, "erase")
+        if refused is not None:
+            return refused
+        store = self._writer.store if hasattr(self, "_writer") else None
+        try:
+            # Under the event-log lock: no append races the logs' rewrite.
+            with self._events_lock:
+                report = erase_customer(self.settings, customer_id, online_store=store)
+        except ErasureError as error:
+            ctx.response.status_code = 400
+            self._audit(actor, "erase", "rejected", {"error": str(error)})
+            return {"error": str(error), "field": "customer_id"}
+        self.suppression.ids()  # re-read now: the next /events already refuses them
+        self._audit(actor, "erase", "erased", report.as_dict())
+        metrics.ERASURES.inc()
+        return {"erased": True, **report.as_dict()}
 
 
 # The decorator returns BentoML's Service wrapper, which the type checker cannot see.
 Segrec.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_request_bytes)  # type: ignore[attr-defined]
+Segrec.add_asgi_middleware(  # type: ignore[attr-defined]
+    JsonBodiesOnly,
+    paths=[api.route for api in Segrec.apis.values()],  # type: ignore[attr-defined]
+)
+# /docs.json as the service behaves (BentoML's own drops nullables and error statuses).
+Segrec.add_asgi_middleware(HonestOpenAPI, spec=lambda: Segrec.openapi_spec.asdict())  # type: ignore[attr-defined]
+# The storefront demo and console (serving/ui), over whatever engine this worker serves.
+Segrec.mount_asgi_app(  # type: ignore[attr-defined]
+    build_ui_app(SETTINGS, lambda: bentoml.get_current_service().engine), path="/ui"
+)

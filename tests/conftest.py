@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,27 @@ def serving_workspace(trained: Settings, root: Path, bundle_dir: Path | None = N
     if bundle_dir is not None:
         shutil.copytree(bundle_dir, data / "bundles" / bundle_dir.name)
     return trained.model_copy(update={"data_dir": data, "feast_state_dir": None})
+
+
+@contextmanager
+def serve_workspace(
+    workspace: Settings, trained: Settings, root: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A real ``bentoml serve`` over ``workspace`` (from :func:`serving_workspace`), the
+    trained feature repo and its own BentoML home under ``root``; yields its URL. The
+    server's log is ``root / "server.log"``; ``env`` adds or overrides settings."""
+    from segrec.service_process import bentoml_command, free_port, running_service
+
+    port = free_port()
+    full_env = {
+        "SEGREC_DATA_DIR": str(workspace.data_dir),
+        "SEGREC_FEAST_REPO": str(trained.feast_repo),
+        # Generous for a busy 2-core CI box.
+        "SEGREC_SERVING_TIMEOUT_MS": "500",
+        "BENTOML_HOME": str(root / "bentoml_home"),
+        **(env or {}),
+    }
+    url = f"http://127.0.0.1:{port}"
+    command = bentoml_command("serving.service:Segrec", port)
+    with running_service(command, url, root / "server.log", full_env):
+        yield url

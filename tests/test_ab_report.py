@@ -23,7 +23,7 @@ from training.experiments.attribution import (
     load_events,
     load_exposures,
 )
-from training.experiments.report import ReportOptions, build_report, write_report
+from training.experiments.report import ReportOptions, build_report, churn_bands, write_report
 from training.experiments.statistics import (
     bootstrap_ratio_difference,
     clustered_rate_test,
@@ -365,6 +365,14 @@ def _one_experiment(
             "config_version": "test-1",
         }
     )
+    # Customer value from its own generator: the draws above stay as they were. A tenth
+    # of customers unscored, as customers too new for the value models are.
+    value_rng = np.random.default_rng([seed, 1])
+    risk = value_rng.random(customers)
+    risk[value_rng.random(customers) < 0.1] = np.nan
+    band = value_rng.choice(np.array(["low", "mid", "high"], dtype=object), customers)
+    exposures["churn_risk"] = risk[who]
+    exposures["clv_band"] = np.where(np.isnan(risk), None, band)[who]
     bought = rng.random(n) < p_buy
     clicked = bought | (rng.random(n) < p_click)
     pick = rng.integers(0, 3, n)
@@ -410,12 +418,25 @@ def test_report_on_a_planted_difference_writes_json_and_html(tmp_path: Path) -> 
     for metric in ("ctr", "conversion", "customers_converting", "revenue_per_exposure"):
         assert compared[metric]["significant"] and compared[metric]["difference"] > 0, metric
     assert set(section["segments"]) == {"segment 0", "segment 1"}
+    assert set(section["churn_bands"]) == {"low", "medium", "high", "(not scored)"}
+    assert set(section["clv_bands"]) == {"low", "mid", "high", "(not scored)"}
+    for key in ("segments", "churn_bands", "clv_bands"):
+        groups = section[key].values()
+        assert sum(g["exposures"] for g in groups) == len(exposures.frame), key
+        assert all(set(g["variants"]) == {"control", "treatment"} for g in groups), key
+    frame = exposures.frame
+    high = frame[frame["churn_risk"] >= 0.7]
+    assert section["churn_bands"]["high"]["exposures"] == len(high)
+    unscored = frame["churn_risk"].isna()
+    assert section["clv_bands"]["(not scored)"]["exposures"] == int(unscored.sum())
     assert any("conversion" in line and "significant" in line for line in section["verdict"])
 
     json_path, html_path = write_report(report, tmp_path / "ab")
     assert json.loads(json_path.read_text())["experiments"]["aa-5"]["control"] == "control"
     page = html_path.read_text()
-    assert page.count("data:image/png;base64,") == 3  # rates, segments, exposures per day
+    # rates; per segment, churn band and CLV band; exposures per day
+    assert page.count("data:image/png;base64,") == 5
+    assert "Per churn risk band" in page and "Per CLV band" in page
     assert "customers converting" in page
 
     # Deterministic: the same inputs and seed give the same report, bootstrap included.
@@ -423,6 +444,21 @@ def test_report_on_a_planted_difference_writes_json_and_html(tmp_path: Path) -> 
         exposures, events, config, attribution_hours=24, options=ReportOptions(n_boot=300)
     )
     assert again["experiments"] == report["experiments"]
+
+
+def test_churn_bands_follow_the_edges_and_keep_unscored_apart() -> None:
+    risk = pd.Series([0.0, 0.29, 0.3, 0.69, 0.7, 1.0, np.nan])
+    bands = churn_bands(risk, (0.3, 0.7))
+    assert bands.tolist() == ["low", "low", "medium", "medium", "high", "high", "(not scored)"]
+    assert churn_bands(risk, (0.5, 0.9)).tolist()[3:6] == ["medium", "medium", "high"]
+
+
+def test_old_exposure_logs_without_customer_value_still_read() -> None:
+    old = HANDFUL_EXPOSURES  # written before exposures had churn_risk and clv_band
+    table = exposure_table(old).frame
+    assert len(table) == len(old)
+    assert table["churn_risk"].isna().all()
+    assert (table["clv_band"] == "(not scored)").all()
 
 
 # ---- A/A false positives and power, over seeds ----------------------------------------------

@@ -8,7 +8,6 @@ import http.server
 import importlib.util
 import json
 import math
-import re
 import shutil
 import threading
 import tomllib
@@ -342,8 +341,11 @@ def test_shutdown_drains_before_the_grace_period_ends(
     pod = pod_template(one(rendered[overlay], "Deployment", "segrec-serving"))["spec"]
     serving = serving_container(rendered[overlay])
     pre_stop = serving["lifecycle"]["preStop"]["sleep"]["seconds"]
-    source = (PROJECT_ROOT / "serving" / "service.py").read_text()
-    timeout = float(re.search(r'traffic=\{"timeout":\s*([\d.]+)', source).group(1))  # type: ignore[union-attr]
+    # The longest request: BentoML's traffic timeout, SEGREC_REQUEST_TIMEOUT_SECONDS (the
+    # pod's ConfigMap value, else the setting's default).
+    configured = config_map(rendered[overlay], serving).get("SEGREC_REQUEST_TIMEOUT_SECONDS")
+    default = Settings.model_fields["request_timeout_seconds"].default
+    timeout = float(configured) if configured is not None else default
     assert pod["terminationGracePeriodSeconds"] > pre_stop + timeout
 
 

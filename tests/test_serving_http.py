@@ -18,9 +18,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from segrec.service_process import bentoml_command, free_port, running_service
 from segrec.settings import Settings
-from tests.conftest import serving_workspace
+from tests.conftest import serve_workspace, serving_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,19 +75,11 @@ def server(
     root = tmp_path_factory.mktemp("serving")
     settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
     data = settings.data_dir
-    port = free_port()
     env = {
-        "SEGREC_DATA_DIR": str(data),
-        "SEGREC_FEAST_REPO": str(trained.feast_repo),
         "SEGREC_ADMIN_TOKEN": TOKEN,
         "SEGREC_MAX_REQUEST_BYTES": "200000",
-        # Generous for a busy 2-core CI box; the fallback test makes the store far slower.
-        "SEGREC_SERVING_TIMEOUT_MS": "500",
-        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
     }
-    command = bentoml_command("serving.service:Segrec", port)
-    url = f"http://127.0.0.1:{port}"
-    with running_service(command, url, data.parent / "server.log", env):
+    with serve_workspace(settings, trained, data.parent, env) as url:
         yield Server(url, settings, run.export.bundle_version)
 
 
@@ -290,7 +281,7 @@ def test_admin_reload_is_guarded_checked_and_atomic(server: Server) -> None:
     url = f"{server.url}/admin/reload"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert _call(url, {})[0] == 401
-    assert _call(url, {}, headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert _call(url, {}, headers={"Authorization": "Bearer wrong"})[0] == 403
     status, body = _call(url, {}, headers=auth)
     assert status == 200 and body == {
         "swapped": False,

@@ -14,9 +14,8 @@ import pytest
 import yaml
 
 from segrec.experiments import load_experiments, read_exposures
-from segrec.service_process import bentoml_command, free_port, running_service
 from segrec.settings import Settings
-from tests.conftest import serving_workspace
+from tests.conftest import serve_workspace, serving_workspace
 from tests.test_serving_http import _call, _post
 from training.train.pipeline import TrainingRun
 
@@ -56,6 +55,23 @@ def _tactics(segment_name: str, category: str, extra: list[dict[str, Any]] | Non
     return yaml.safe_dump({"version": "test-1", "rule_sets": {"default": rules, "none": []}})
 
 
+# Churn and CLV rules: the trained fixture has no customer value, so they only fire for
+# customers whose customer_value rows a test writes to the online store.
+VALUE_RULES: list[dict[str, Any]] = [
+    {
+        "id": "churn-winback",
+        "priority": 30,
+        "when": {"churn_risk": {"gte": 0.7}},
+        "then": {"offer": "winback-15", "channel": "email"},
+    },
+    {
+        "id": "high-value-concierge",
+        "priority": 40,
+        "when": {"clv_band": "high", "placement": ["home"]},
+        "then": {"slot": "concierge"},
+    },
+]
+
 EXPERIMENTS = """
 version: exp-1
 experiments:
@@ -90,21 +106,14 @@ def server(
     products = pd.read_parquet(trained.clean_dir / "products.parquet")
     tactics, experiments = root / "tactics.yaml", root / "experiments.yaml"
     segment_name = str(customers["segment_name"].value_counts().index[0])
-    tactics.write_text(_tactics(segment_name, str(products["category"].mode()[0])))
+    tactics.write_text(_tactics(segment_name, str(products["category"].mode()[0]), VALUE_RULES))
     experiments.write_text(EXPERIMENTS)
-    port = free_port()
     env = {
-        "SEGREC_DATA_DIR": str(settings.data_dir),
-        "SEGREC_FEAST_REPO": str(trained.feast_repo),
-        "SEGREC_SERVING_TIMEOUT_MS": "500",
         "SEGREC_TACTICS_FILE": str(tactics),
         "SEGREC_EXPERIMENTS_FILE": str(experiments),
         "SEGREC_CONFIG_POLL_SECONDS": "0.3",
-        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
     }
-    url = f"http://127.0.0.1:{port}"
-    command = bentoml_command("serving.service:Segrec", port)
-    with running_service(command, url, root / "server.log", env):
+    with serve_workspace(settings, trained, root, env) as url:
         yield Server(url, settings, tactics, experiments, customers, products)
 
 
@@ -214,3 +223,61 @@ def test_tactics_reload_when_the_file_changes_and_a_bad_file_is_refused(server: 
     finally:
         server.tactics.write_text(original)
     assert _wait_for(lambda: cart_rules() == ["cart-page-tips"])
+
+
+def test_churn_and_clv_rules_fire_from_features_in_the_online_store(server: Server) -> None:
+    """The churn model's output reaches the carousel: customer_value rows written to the
+    online store (as ``make train`` materialises them) fire the value rules on the next
+    request, show in the answer and in the exposure log the A/B report breaks down by."""
+    from segrec.feature_store import open_store
+
+    # Outside the segment the segment-offer rule targets (the first rule setting an offer
+    # wins), and from the end of the list: other tests use the first customers.
+    offered = str(server.customers["segment_name"].value_counts().index[0])
+    others = set(server.customers.loc[server.customers["segment_name"] != offered, "customer_id"])
+    at_risk, loyal, plain_customer = [
+        c for c in _variant_customers(server, "blend") if c in others
+    ][-3:]
+    as_of = server.customers["event_timestamp"].max()
+    open_store(server.settings).write_to_online_store(
+        "customer_value",
+        pd.DataFrame(
+            {
+                "customer_id": [at_risk, loyal],
+                "event_timestamp": [as_of, as_of],
+                "churn_risk": [0.83, 0.12],
+                "clv_expected": [40.0, 900.0],
+                "clv_band": ["low", "high"],
+                "value_model_version": ["value-test", "value-test"],
+            }
+        ),
+    )
+    answers = {
+        c: _post(f"{server.url}/recommend", {"customer_id": c, "k": 4})[1] for c in (at_risk, loyal)
+    }
+    assert "churn-winback" in answers[at_risk]["tactics"]["rules"], answers[at_risk]["tactics"]
+    assert answers[at_risk]["tactics"]["offer"] == "winback-15"
+    assert answers[at_risk]["tactics"]["channel"] == "email"
+    assert "high-value-concierge" not in answers[at_risk]["tactics"]["rules"]
+    assert answers[at_risk]["customer_value"] == {
+        "churn_risk": 0.83,
+        "clv_band": "low",
+        "clv_expected": 40.0,
+    }
+    assert "churn-winback" not in answers[loyal]["tactics"]["rules"]
+    assert "high-value-concierge" in answers[loyal]["tactics"]["rules"]
+    assert answers[loyal]["tactics"]["slot"] == "concierge"
+    status, segment = _post(f"{server.url}/segment", {"customer_id": loyal})
+    assert status == 200 and segment["customer_value"]["clv_band"] == "high"
+    # Without value rows: no value rules, and no customer_value in the answer.
+    plain = _post(f"{server.url}/recommend", {"customer_id": plain_customer, "k": 4})[1]
+    assert plain["customer_value"] is None
+    assert not {"churn-winback", "high-value-concierge"} & set(plain["tactics"]["rules"])
+
+    def logged() -> dict[str, dict[str, Any]]:
+        records = [line.record for line in read_exposures(server.settings.exposure_log_dir)]
+        return {r["customer_id"]: r for r in records if r and r["customer_id"] in answers}
+
+    exposures = _wait_for(lambda: len(logged()) == 2 and logged())
+    assert exposures[at_risk]["churn_risk"] == 0.83 and exposures[at_risk]["clv_band"] == "low"
+    assert exposures[loyal]["clv_band"] == "high"

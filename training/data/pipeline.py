@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segrec.erasure import SuppressionList
 from segrec.settings import Settings
 from training.data.cleaning.customers import clean_customers
 from training.data.cleaning.events import stage_events, write_clean_events
@@ -67,12 +68,25 @@ def clean_dataset(
             else "configured",
         }
     )
+    # Erased customers (segrec erase) stay out of every import: their rows are withheld
+    # before cleaning and only counted, never set aside (a set-aside row keeps the record).
+    suppression = SuppressionList(settings.suppression_file)
+    withheld = {"customers": 0, "events": 0}
+
+    def without_erased(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+        mask = suppression.withheld(frame["customer_id"], secret)
+        withheld[table] += int(mask.sum())
+        return frame[~mask] if mask.any() else frame
+
     try:
         products = clean_products(raw.read("products"), report, settings)
         list_price = list_prices(products)
         staging = clean_dir / ".staging" / "events.parquet"
         staged = stage_events(
-            raw.iter_chunks("events", settings.chunk_rows),
+            (
+                without_erased(chunk, "events")
+                for chunk in raw.iter_chunks("events", settings.chunk_rows)
+            ),
             list_price,
             report,
             staging,
@@ -85,7 +99,7 @@ def clean_dataset(
             else pd.Timestamp.now().year
         )
         customers = clean_customers(
-            raw.read("customers"),
+            without_erased(raw.read("customers"), "customers"),
             staged.first_event,
             report,
             settings,
@@ -104,6 +118,7 @@ def clean_dataset(
     hashes = {name: _file_sha256(clean_dir / f"{name}.parquet") for name in rows}
     data_version = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
     report.meta["data_version"] = data_version
+    report.meta["erased_customers_withheld"] = {**withheld, **suppression.fingerprint()}
     report_path = settings.reports_dir / "data_quality.json"
     report.write(report_path)
     plot_quality(report.as_dict(), settings.reports_dir / "data_quality.png")

@@ -47,8 +47,11 @@ EXPOSURE_FIELDS = (
     "segment_name",
     "items",
     "config_version",
+    "churn_risk",
+    "clv_band",
 )
 EVENT_FIELDS = ("event_id", "customer_id", "product_id", "type", "ts", "quantity", "price")
+NOT_SCORED = "(not scored)"  # churn or CLV band of an exposure without customer value
 _ZONE = r"(?:Z|[+-]\d{2}:?\d{2})$"  # an ISO 8601 time must end in its zone
 _REQUIRED_TEXT = {
     "exposures": ("exposure_id", "customer_id", "experiment", "variant"),
@@ -184,9 +187,13 @@ def _exposures(rows: list[dict[str, Any]] | pd.DataFrame, reading: LogReading) -
         index=frame.index,
         dtype=object,
     )
+    # Older logs and customers the value models did not score have no churn risk or CLV
+    # band: their own group in the breakdowns, not dropped.
     frame = frame.assign(
         segment_name=names.fillna(ids).fillna("(no segment)"),
         placement=_text(frame["placement"]).fillna("(unknown)"),
+        churn_risk=pd.to_numeric(frame["churn_risk"], errors="coerce"),
+        clv_band=_text(frame["clv_band"]).fillna(NOT_SCORED),
     )
     before = len(frame)
     frame = frame.drop_duplicates("exposure_id", keep="first")

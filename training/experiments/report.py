@@ -19,8 +19,10 @@ compared with the control:
 - revenue per exposure and per customer with the customer-resampling bootstrap.
 
 ``significant`` marks p < alpha for one comparison; with several metrics, variants and
-segments some will cross alpha by chance, so the per-segment breakdown (point estimates
-and clustered conversion tests, uncorrected) is for exploring, not for deciding. The
+segments some will cross alpha by chance, so the breakdowns by segment, churn-risk band
+and CLV band (point estimates and clustered conversion tests, uncorrected) are for
+exploring, not for deciding. Churn risk and CLV band are the customer_value features the
+answer was served with (``Settings.churn_band_edges`` cut churn risk into bands). The
 segment is the one the exposure was served under: a live session can move a customer to
 another segment, and what a variant showed shapes that session, so segment groups are
 not randomised groups. The sample-ratio check compares *customers* per variant with the
@@ -47,6 +49,7 @@ import pandas as pd
 from segrec.experiments import Experiment, ExperimentsConfig, load_experiments
 from segrec.settings import Settings
 from training.experiments.attribution import (
+    NOT_SCORED,
     Attribution,
     LogReading,
     attribute,
@@ -77,6 +80,12 @@ CUSTOMER_SHARES = {
     "add_to_cart_rate": "customers_carting",
     "conversion": "customers_converting",
 }
+# Report key -> (exposure column, label): the groups each experiment is broken down by.
+BREAKDOWNS = {
+    "segments": ("segment_name", "segment"),
+    "churn_bands": ("churn_band", "churn risk band"),
+    "clv_bands": ("clv_band", "CLV band"),
+}
 LABELS = {
     "ctr": "CTR",
     "add_to_cart_rate": "add-to-cart rate",
@@ -100,7 +109,8 @@ class ReportOptions:
     n_boot: int = 2000
     seed: int = 42
     srm_threshold: float = SRM_THRESHOLD
-    segments: bool = True
+    segments: bool = True  # the breakdowns by segment, churn band and CLV band
+    churn_band_edges: tuple[float, float] = (0.3, 0.7)  # Settings.churn_band_edges
 
 
 def _variant_order(experiment: Experiment | None, seen: Sequence[str]) -> list[str]:
@@ -278,19 +288,33 @@ def analyse_experiment(
                 "if the split changed between them, the check uses the current one"
             )
     if options.segments:
-        section["segments"] = _segments(per_exposure, variants, options, rng)
+        grouped = per_exposure.assign(
+            churn_band=churn_bands(per_exposure["churn_risk"], options.churn_band_edges)
+        )
+        for key, (column, _) in BREAKDOWNS.items():
+            section[key] = _breakdown(grouped, column, variants, options, rng)
     section["verdict"] = _verdict(section, options)
     return section
 
 
-def _segments(
+def churn_bands(risk: pd.Series, edges: tuple[float, float]) -> pd.Series:
+    """``low`` / ``medium`` / ``high`` churn risk at exposure (``high`` from the second
+    edge up), and ``(not scored)`` where the customer had no churn risk."""
+    low, high = edges
+    values = risk.to_numpy(dtype=float)
+    bands = np.where(values >= high, "high", np.where(values >= low, "medium", "low"))
+    return pd.Series(np.where(np.isnan(values), NOT_SCORED, bands), risk.index, dtype=object)
+
+
+def _breakdown(
     per_exposure: pd.DataFrame,
+    column: str,
     variants: Sequence[str],
     options: ReportOptions,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for segment, rows in per_exposure.groupby("segment_name", sort=True):
+    for segment, rows in per_exposure.groupby(column, sort=True):
         customers = customer_table(rows)
         by_variant = {v: customers[customers["variant"] == v] for v in variants}
         out[str(segment)] = {
@@ -385,6 +409,7 @@ def build_report(
             "n_boot": options.n_boot,
             "seed": options.seed,
             "srm_threshold": options.srm_threshold,
+            "churn_band_edges": list(options.churn_band_edges),
             "attribution_hours": attribution_hours,
         },
         "logs": {"exposures": exposures.summary(), "events": events.summary()},
@@ -468,27 +493,32 @@ def _experiment_tables(section: dict[str, Any]) -> str:
                 f"<td>{html.escape(c['method'])}</td></tr>"
             )
     parts.append(f"<table>{head}{rows}</table>")
-    if section.get("segments"):
-        head = (
-            "<tr><th>segment</th><th>variant</th><th>customers</th><th>exposures</th>"
-            "<th>CTR</th><th>conversion</th><th>conversion p vs control</th></tr>"
-        )
-        rows = ""
-        for segment, body in section["segments"].items():
-            for variant, v in body["variants"].items():
-                c = body["comparisons"].get(variant, {}).get("conversion")
-                rows += (
-                    f"<tr><td>{html.escape(segment)}</td><td>{html.escape(variant)}</td>"
-                    f"<td>{v['customers']}</td><td>{v['exposures']}</td>"
-                    f"<td>{_pct(v['ctr']['estimate'])}</td>"
-                    f"<td>{_pct(v['conversion']['estimate'])}</td>"
-                    f"<td>{_num(c['p_value'], 4) if c else 'control'}</td></tr>"
-                )
-        parts.append(
-            "<h3>Per segment (at exposure; exploratory, p-values uncorrected)</h3>"
-            f"<table>{head}{rows}</table>"
-        )
+    for key, (_, label) in BREAKDOWNS.items():
+        if section.get(key):
+            parts.append(_breakdown_table(section[key], label))
     return "".join(parts)
+
+
+def _breakdown_table(groups: dict[str, Any], label: str) -> str:
+    head = (
+        f"<tr><th>{html.escape(label)}</th><th>variant</th><th>customers</th><th>exposures</th>"
+        "<th>CTR</th><th>conversion</th><th>conversion p vs control</th></tr>"
+    )
+    rows = ""
+    for group, body in groups.items():
+        for variant, v in body["variants"].items():
+            c = body["comparisons"].get(variant, {}).get("conversion")
+            rows += (
+                f"<tr><td>{html.escape(group)}</td><td>{html.escape(variant)}</td>"
+                f"<td>{v['customers']}</td><td>{v['exposures']}</td>"
+                f"<td>{_pct(v['ctr']['estimate'])}</td>"
+                f"<td>{_pct(v['conversion']['estimate'])}</td>"
+                f"<td>{_num(c['p_value'], 4) if c else 'control'}</td></tr>"
+            )
+    return (
+        f"<h3>Per {html.escape(label)} (at exposure; exploratory, p-values uncorrected)</h3>"
+        f"<table>{head}{rows}</table>"
+    )
 
 
 def _rates_figure(section: dict[str, Any]) -> str | None:
@@ -528,8 +558,8 @@ def _rates_figure(section: dict[str, Any]) -> str | None:
     return png_base64(fig)
 
 
-def _segments_figure(section: dict[str, Any]) -> str | None:
-    segments = section.get("segments") or {}
+def _breakdown_figure(section: dict[str, Any], key: str) -> str | None:
+    segments = section.get(key) or {}
     if not segments:
         return None
     import matplotlib.pyplot as plt
@@ -549,7 +579,8 @@ def _segments_figure(section: dict[str, Any]) -> str | None:
         rotation=20,
     )
     ax.set_ylabel("conversion per exposure")
-    ax.set_title(f"{section['name']}: conversion per segment (exposures in brackets)")
+    label = BREAKDOWNS[key][1]
+    ax.set_title(f"{section['name']}: conversion per {label} (exposures in brackets)")
     ax.legend(fontsize=8)
     return png_base64(fig)
 
@@ -585,7 +616,8 @@ def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     for section in report["experiments"].values():
         body += _experiment_tables(section)
         figures.append((f"{section['name']}: rates", _rates_figure(section)))
-        figures.append((f"{section['name']}: per segment", _segments_figure(section)))
+        for key, (_, label) in BREAKDOWNS.items():
+            figures.append((f"{section['name']}: per {label}", _breakdown_figure(section, key)))
         figures.append((f"{section['name']}: exposures per day", _daily_figure(section)))
     if not report["experiments"]:
         body += "<p>No exposures logged yet: is an experiment running and serving traffic?</p>"
@@ -617,7 +649,8 @@ def run_ab_report(
         events,
         config,
         attribution_hours=settings.experiment_attribution_hours,
-        options=options or ReportOptions(seed=settings.seed),
+        options=options
+        or ReportOptions(seed=settings.seed, churn_band_edges=settings.churn_band_edges),
         sources={
             "exposure_log_dir": str(settings.exposure_log_dir),
             "event_log_dir": str(settings.event_log_dir),

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from segrec.blend import weights_for
 from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
+from segrec.erasure import SuppressionList
 from segrec.filters import FilterRules
 from segrec.scoring import PURCHASE
 from segrec.settings import Settings
@@ -151,6 +152,11 @@ def build_bundle(
             "data": clean["data_version"],
             "features": f"{features['features_version']}:{features['data_version']}",
             "models": version,
+            # Erased customers the training data excludes (cleaning withholds them and
+            # erasure purged them): how many, and which list, never who.
+            "suppression": "{suppressed_customers}:{suppression_sha256}".format(
+                **SuppressionList(settings.suppression_file).fingerprint()
+            ),
         },
         seeds={"seed": settings.seed},
         metrics=metrics,

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-FLOAT_ID = r"^\d+\.0+$"
+from segrec.pseudonym import FLOAT_ID
+
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "granted", "opt-in", "on"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "denied", "opt-out", "off"})
 
@@ -72,8 +73,9 @@ def parse_timestamps(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, p
     if epoch.any():
         numbers = text[epoch].astype(np.int64)
         unit_ms = numbers > 10**11
-        seconds = pd.to_datetime(numbers[~unit_ms], unit="s", utc=True)
-        millis = pd.to_datetime(numbers[unit_ms], unit="ms", utc=True)
+        # Past 2262 (e.g. 99999999999 seconds) is out of range: unparseable, not a crash.
+        seconds = pd.to_datetime(numbers[~unit_ms], unit="s", utc=True, errors="coerce")
+        millis = pd.to_datetime(numbers[unit_ms], unit="ms", utc=True, errors="coerce")
         attempt(epoch, pd.concat([seconds, millis]))
     slash = ("%d/%m/%Y", "%m/%d/%Y") if dayfirst else ("%m/%d/%Y", "%d/%m/%Y")
     formats = [f"{d} {t}" for d in slash for t in ("%H:%M:%S", "%H:%M")] + list(slash)

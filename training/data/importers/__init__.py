@@ -7,6 +7,7 @@ generic cleaning step does the rest. :func:`import_export` is the one entry poin
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -75,11 +76,28 @@ def import_export(
         raise ImportFormatError(f"unknown import format {fmt!r}; choose one of {list(IMPORTERS)}")
     if not input_path.exists():
         raise ImportFormatError(f"{input_path}: no such file or directory")
-    with report.stage("import"):
-        raw = importer(input_path, out_dir, report, settings, column_map)
-        # Every source row was either passed on to cleaning or set aside here.
-        for table in ("customers", "products", "events"):
-            quality = report.table(table)
-            quality.rows_out = raw.count(table)
-            quality.rows_in = quality.rows_out + sum(quality.set_aside.values())
-    return raw
+    # Written aside and moved into place whole: an import that fails half way (a parse
+    # error in the last chunk) leaves the previous raw dataset as it was, not a mix.
+    staging = out_dir.with_name(f".{out_dir.name}.importing")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with report.stage("import"):
+            raw = importer(input_path, staging, report, settings, column_map)
+            # Every source row was either passed on to cleaning or set aside here.
+            for table in ("customers", "products", "events"):
+                quality = report.table(table)
+                quality.rows_out = raw.count(table)
+                quality.rows_in = quality.rows_out + sum(quality.set_aside.values())
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return RawDataset(out_dir)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    new.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
