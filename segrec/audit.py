@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segrec.durable_append import append_line
+
 GENESIS = "0" * 64
 ACTOR_PATTERN = re.compile(r"[A-Za-z0-9_.@:+-]{1,64}")
 _TAIL_BYTES = 65536  # an entry is far shorter: the last line is within this
@@ -79,13 +81,7 @@ class AuditLog:
                 "prev": self._last_hash(),
             }
             entry["hash"] = _digest(entry)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, json.dumps(entry, sort_keys=True))
         return entry
 
 

@@ -693,6 +693,41 @@ def erase(
     )
 
 
+@app.command()
+def consent(
+    customer: Annotated[str, typer.Argument(help="The customer's pseudonym or raw id.")],
+    withdraw: Annotated[
+        bool,
+        typer.Option(
+            "--withdraw/--grant",
+            help="Withdraw consent to personalisation (default), or grant it again.",
+        ),
+    ] = True,
+) -> None:
+    """Record a consent change: applied to the online store now (next request) and to
+    the next feature build and training. Audited."""
+    import getpass
+
+    from segrec.audit import AuditLog, clean_actor
+    from segrec.consent import ConsentError, change_consent
+
+    settings = get_settings()
+    who = f"cli:{clean_actor(getpass.getuser(), 'unknown')}"
+    try:
+        change = change_consent(settings, customer, not withdraw)
+    except ConsentError as error:
+        _fail(str(error))
+    AuditLog(settings.audit_log_file).record(
+        actor=who, action="consent", outcome="changed", details=change.as_dict()
+    )
+    state = "granted" if change.personalisation else "withdrawn"
+    online = "now" if change.online_updated else "when they next appear (no online profile yet)"
+    console.print(
+        f"Consent to personalisation {state} for {change.customer_id}: serving follows {online}, "
+        f"training from the next run ({settings.consent_file})"
+    )
+
+
 @app.command("audit")
 def audit_check() -> None:
     """Check the admin audit log's hash chain and show its last entries."""

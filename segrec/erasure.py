@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segrec.durable_append import append_line
 from segrec.pseudonym import (
     CUSTOMER_ID_PATTERN,
     canonical_raw_id,
@@ -135,13 +136,7 @@ class SuppressionList:
         """Append ``customer_id``; False when it was listed already."""
         if customer_id in self.ids():
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{customer_id}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, customer_id)
         return True
 
     def fingerprint(self) -> dict[str, Any]:

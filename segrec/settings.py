@@ -393,6 +393,11 @@ class Settings(BaseSettings):
         return self.privacy_dir / "audit.jsonl"
 
     @property
+    def consent_file(self) -> Path:
+        """Consent changes since the last import (``segrec.consent``)."""
+        return self.privacy_dir / "consent.jsonl"
+
+    @property
     def exposure_log_dir(self) -> Path:
         """Where serving logs which experiment variant each customer was shown
         (``segrec.experiments``); ``make ab-report`` reads it with the event log."""

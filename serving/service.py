@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse
 
 from segrec.audit import AuditLog, clean_actor
 from segrec.bundle import BundleError
+from segrec.consent import ConsentError, change_consent
 from segrec.erasure import ErasureError, SuppressionList, erase_customer
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
@@ -502,6 +503,29 @@ class Segrec:
             }
         metrics.RELOADS.labels(outcome="rejected").inc()
         return 409, {"swapped": False, "error": message, "field": field, "bundle_version": serving}
+
+    @bentoml.api(route="/admin/consent")
+    def consent(
+        self,
+        ctx: bentoml.Context,
+        customer_id: Annotated[str, Field(min_length=1, max_length=256)],
+        personalisation: bool,
+    ) -> Any:
+        """A customer withdrew (``personalisation: false``) or gave consent to
+        personalisation: their next request anywhere follows it, and so does the next
+        training. Needs the admin bearer token (the storefront's back end holds it)."""
+        actor, refused = self._authorise(ctx, "consent")
+        if refused is not None:
+            return refused
+        store = self._writer.store if hasattr(self, "_writer") else None
+        try:
+            change = change_consent(self.settings, customer_id, personalisation, online_store=store)
+        except ConsentError as error:
+            ctx.response.status_code = 400
+            self._audit(actor, "consent", "rejected", {"error": str(error)})
+            return {"error": str(error), "field": "customer_id"}
+        self._audit(actor, "consent", "changed", change.as_dict())
+        return change.as_dict()
 
     @bentoml.api(route="/admin/erase")
     def erase(

@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 
 from segrec.audit import verify_audit_log
+from segrec.consent import ConsentLedger
 from segrec.settings import Settings
 from tests.conftest import serve_workspace, serving_workspace
 from tests.test_serving_http import _call, _post
+from training.features.inputs import load_inputs
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -201,3 +203,56 @@ def test_no_personal_data_leaves_the_raw_export(
     metrics = str(_call(f"{server.url}/metrics", method="GET")[1])
     labels = re.findall(r'\w+="([^"]*)"', metrics)
     assert labels and not [v for v in labels if re.search(r"c_[0-9a-f]{16}|@", v)]
+
+
+def test_consent_withdrawal_takes_effect_on_the_next_request(server: Server) -> None:
+    customers = server.customers.drop_duplicates("customer_id")
+    customer = str(customers["customer_id"].iloc[-2])  # the last one is erased above
+    body = {"customer_id": customer, "k": 3}
+    assert _post(f"{server.url}/recommend", body)[1]["fallback"] is None
+    status, change = _admin(
+        server, "/admin/consent", {"customer_id": customer, "personalisation": False}
+    )
+    assert status == 200 and change["online_updated"], change
+    withdrawn = _post(f"{server.url}/recommend", body)[1]
+    assert withdrawn["fallback"] == "no_consent" and withdrawn["segment"] is None
+    status, change = _admin(
+        server, "/admin/consent", {"customer_id": customer, "personalisation": True}
+    )
+    assert status == 200
+    assert _post(f"{server.url}/recommend", body)[1]["fallback"] is None
+    # The ledger keeps both changes for the next training; the newest wins.
+    ledger = ConsentLedger(server.settings.consent_file)
+    assert ledger.latest() == {customer: True}
+    assert len(server.settings.consent_file.read_text().splitlines()) == 2
+    withdraw = {"customer_id": customer, "personalisation": False}
+    assert _admin(server, "/admin/consent", withdraw, token=None)[0] == 401
+    assert _admin(server, "/admin/consent", withdraw, token="wrong-token")[0] == 403
+    assert _post(f"{server.url}/recommend", body)[1]["fallback"] is None  # refused: unchanged
+    status, answer = _admin(server, "/admin/consent", {"customer_id": customer})
+    assert status == 400 and "personalisation" in str(answer)  # it is required
+
+
+def test_the_next_feature_build_applies_the_consent_ledger(
+    trained_small: tuple[Settings, TrainingRun], tmp_path: Path
+) -> None:
+    trained, _ = trained_small
+    clean = pd.read_parquet(trained.clean_dir / "customers.parquet")
+    consenting = clean.loc[clean["consent_personalisation"], "customer_id"].iloc[:2].tolist()
+    refusing = clean.loc[~clean["consent_personalisation"], "customer_id"].iloc[:1].tolist()
+    ledger = ConsentLedger(tmp_path / "consent.jsonl")
+    now = dt.datetime.now(dt.UTC)
+    ledger.append(consenting[0], False, now)
+    ledger.append(refusing[0], True, now)
+    ledger.append(consenting[1], False, now)
+    ledger.append(consenting[1], True, now)  # changed their mind: the newest counts
+    with (tmp_path / "consent.jsonl").open("a") as handle:
+        handle.write('{"torn line')  # a crash mid-append: skipped
+    inputs = load_inputs(trained.clean_dir, ledger.latest())
+    flags = inputs.customers.set_index("customer_id")["consent_personalisation"]
+    assert not flags[consenting[0]] and flags[refusing[0]] and flags[consenting[1]]
+    unchanged = ~clean["customer_id"].isin([*consenting, *refusing])
+    assert (
+        flags[clean.loc[unchanged, "customer_id"]].to_numpy()
+        == clean.loc[unchanged, "consent_personalisation"].to_numpy()
+    ).all()

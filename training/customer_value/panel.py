@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from segrec.consent import ConsentLedger
 from segrec.settings import Settings
 from training.features.build import CUSTOMER_FILE
 from training.features.customer import customer_features
@@ -293,7 +294,7 @@ class PanelBuilder:
         if not path.exists():
             raise FileNotFoundError(f"no customer features at {path}: run `make features` first")
         stamps = pc.unique(pq.read_table(path, columns=["event_timestamp"]).column(0))
-        inputs = load_inputs(settings.clean_dir)
+        inputs = load_inputs(settings.clean_dir, ConsentLedger(settings.consent_file).latest())
         customers = inputs.customers
         consent = customers["consent_personalisation"].fillna(False).astype(bool)
         return cls(

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from segrec.consent import ConsentLedger
 from segrec.settings import Settings
 from training.features.customer import customer_features
 from training.features.inputs import load_inputs
@@ -66,7 +67,7 @@ def snapshot_times(end: pd.Timestamp, count: int, every_days: int) -> list[pd.Ti
 
 def build_features(settings: Settings, *, progress: bool | None = None) -> FeatureBuild:
     started = time.perf_counter()
-    inputs = load_inputs(settings.clean_dir)
+    inputs = load_inputs(settings.clean_dir, ConsentLedger(settings.consent_file).latest())
     times = snapshot_times(inputs.end, settings.feature_snapshots, settings.feature_snapshot_days)
     out_dir = settings.features_dir
     out_dir.mkdir(parents=True, exist_ok=True)

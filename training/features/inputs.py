@@ -6,6 +6,7 @@ size (17M events) fits in a few GB.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from segrec.consent import apply_consent
 from training.data.raw import RAW_COLUMNS
 from training.data.tables import read_table
 
@@ -48,8 +50,10 @@ def price_bands(products: pd.DataFrame) -> pd.Series:
     return band.astype(object).where(band.notna(), "unknown")
 
 
-def load_inputs(clean_dir: Path) -> FeatureInputs:
-    customers = read_table(clean_dir, "customers")
+def load_inputs(clean_dir: Path, consent: Mapping[str, bool] | None = None) -> FeatureInputs:
+    """The clean tables, with ``consent`` (the consent ledger's newest change per
+    customer, :class:`segrec.consent.ConsentLedger`) applied over the imported flags."""
+    customers = apply_consent(read_table(clean_dir, "customers"), consent or {})
     products = read_table(clean_dir, "products")
     products["price_band"] = price_bands(products)
     table = pq.read_table(
