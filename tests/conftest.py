@@ -128,6 +128,17 @@ def serving_workspace(trained: Settings, root: Path, bundle_dir: Path | None = N
     return trained.model_copy(update={"data_dir": data, "feast_state_dir": None})
 
 
+def new_serving_workspace(
+    trained_small: tuple[Settings, Any], tmp_path_factory: pytest.TempPathFactory, name: str
+) -> tuple[Path, Settings]:
+    """A fresh directory ``name`` and a :func:`serving_workspace` in it holding the trained
+    small storefront's exported bundle: (root, workspace settings)."""
+    trained, run = trained_small
+    assert run.export is not None, "the trained fixture exports a bundle"
+    root = tmp_path_factory.mktemp(name)
+    return root, serving_workspace(trained, root, Path(run.export.bundle_dir))
+
+
 @contextmanager
 def serve_workspace(
     workspace: Settings, trained: Settings, root: Path, env: dict[str, str] | None = None

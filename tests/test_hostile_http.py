@@ -17,14 +17,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from segrec.settings import Settings
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,10 +68,8 @@ class Server:
 def server(
     trained_small: tuple[Settings, TrainingRun], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("hostile")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    trained, _ = trained_small
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "hostile")
     env = {
         "SEGREC_MAX_REQUEST_BYTES": str(MAX_BYTES),
         "SEGREC_MAX_BATCH_EVENTS": str(MAX_EVENTS),

@@ -18,7 +18,7 @@ import pytest
 from segrec.audit import verify_audit_log
 from segrec.consent import ConsentLedger
 from segrec.settings import Settings
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from tests.test_serving_http import _call, _post
 from training.features.inputs import load_inputs
 from training.train.pipeline import TrainingRun
@@ -60,10 +60,8 @@ class Server:
 def server(
     trained_small: tuple[Settings, TrainingRun], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("privacy")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    trained, _ = trained_small
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "privacy")
     # A real copy, not the shared link: erasure rewrites these files.
     features = settings.features_dir
     features.unlink()

@@ -29,7 +29,7 @@ import pytest
 
 from segrec.settings import Settings
 from serving.api_schema import honest_spec
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from training.train.pipeline import TrainingRun
 
 MAX_EXAMPLES = 25  # per operation and phase: the whole run takes about half a minute
@@ -46,10 +46,8 @@ class Server:
 def server(
     trained_small: tuple[Settings, TrainingRun], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("schemathesis")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    trained, _ = trained_small
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "schemathesis")
     env = {
         "SEGREC_ADMIN_TOKEN": "schemathesis-never-sends-this",
         "SEGREC_MAX_REQUEST_BYTES": "200000",

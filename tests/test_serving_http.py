@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from segrec.settings import Settings
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,15 +71,12 @@ def server(
     trained_small: tuple[Settings, TrainingRun], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("serving")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
-    data = settings.data_dir
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "serving")
     env = {
         "SEGREC_ADMIN_TOKEN": TOKEN,
         "SEGREC_MAX_REQUEST_BYTES": "200000",
     }
-    with serve_workspace(settings, trained, data.parent, env) as url:
+    with serve_workspace(settings, trained, root, env) as url:
         yield Server(url, settings, run.export.bundle_version)
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from segrec.experiments import load_experiments, read_exposures
 from segrec.settings import Settings
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from tests.test_serving_http import _call, _post
 from training.train.pipeline import TrainingRun
 
@@ -97,10 +97,8 @@ def _wait_for(check: Any, seconds: float = 20.0) -> Any:
 def server(
     trained_small: tuple[Settings, TrainingRun], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("tactics_serving")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    trained, _ = trained_small
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "tactics_serving")
     customers = pd.read_parquet(settings.features_dir / "customer_segments.parquet")
     customers = customers[customers["event_timestamp"] == customers["event_timestamp"].max()]
     products = pd.read_parquet(trained.clean_dir / "products.parquet")

@@ -11,14 +11,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from segrec.settings import Settings
-from tests.conftest import serve_workspace, serving_workspace
+from tests.conftest import new_serving_workspace, serve_workspace
 from tests.test_ui_api import write_evaluation_report
 from training.train.pipeline import TrainingRun
 
@@ -71,9 +70,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     trained, run = trained_small
-    assert run.export is not None
-    root = tmp_path_factory.mktemp("ui")
-    settings = serving_workspace(trained, root, Path(run.export.bundle_dir))
+    root, settings = new_serving_workspace(trained_small, tmp_path_factory, "ui")
     # What the console and cards read besides the bundle: segment history and titles.
     (settings.data_dir / "segments").symlink_to(trained.segments_dir.resolve())
     (settings.data_dir / "clean").symlink_to(trained.clean_dir.resolve())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from training.customer_value.churn import (
 )
 from training.customer_value.clv import CLVModel, clv_metrics, naive_clv
 from training.customer_value.panel import MODEL_FEATURES, AsOfPlan, PanelBuilder
+from training.laps import Laps
 
 VALUE_FILE = "customer_value.parquet"
 VALUE_VIEW = "customer_value"
@@ -197,14 +197,8 @@ def run_customer_value(
 
 
 def _run(settings: Settings, *, write_online: bool, progress: bool | None) -> CustomerValueRun:
-    timer: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal started
-        now = time.perf_counter()
-        timer[name] = round(now - started, 2)
-        started = now
+    laps = Laps()
+    lap = laps.lap
 
     builder = PanelBuilder.from_settings(settings, progress=progress)
     step = settings.feature_snapshot_days
@@ -262,7 +256,7 @@ def _run(settings: Settings, *, write_online: bool, progress: bool | None) -> Cu
         sources=dict(sorted(builder.sources.items())),
         holdout={"churn": churn_holdout, "clv": clv_holdout},
         scores=scores,
-        seconds=timer,
+        seconds=laps.seconds,
     )
     if write_online:
         from training.features.materialize import load_view_online

@@ -11,7 +11,6 @@ beside them, because in retail many purchases are repeats.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from segrec.scoring import EVENT_TYPES
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
+from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender
 from training.models.interactions import Interactions
@@ -116,14 +116,8 @@ def _held(
 def run_training(
     settings: Settings, *, export_bundle: bool = True, progress: bool | None = None
 ) -> TrainingRun:
-    timer: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal started
-        now = time.perf_counter()
-        timer[name] = round(now - started, 2)
-        started = now
+    laps = Laps()
+    lap = laps.lap
 
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
@@ -230,7 +224,7 @@ def run_training(
             "test_new_items": len(results["new_items"].groups),
         },
         split=split.summary(),
-        seconds=timer,
+        seconds=laps.seconds,
         export=exported,
         search=tuned,
         rating_errors=rating_errors,
