@@ -35,7 +35,7 @@ LOADTEST_ARGS ?=
 TOOLS_VENV ?= .venv-tools
 CHECKOV    := $(TOOLS_VENV)/bin/checkov
 
-.PHONY: help setup demo test data features segments train evaluate ab-report serve bento image image-smoke bench bench-serving loadtest soak k8s lint typecheck clean
+.PHONY: help setup demo test data features segments train evaluate ab-report serve bento image image-smoke image-training image-training-smoke bench bench-serving loadtest soak k8s lint typecheck clean
 
 help: ## Show each target with its one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -93,6 +93,19 @@ image: bento ## Container image localhost/segrec-serving:<version> via buildah (
 
 image-smoke: setup ## Start the image on the trained data/: /readyz, /recommend, /events, /metrics; start-up time, size
 	$(VENV)/bin/python -m serving.container smoke
+
+# The training image's requirements: base + training + features + serving (`segrec train`
+# saves the bundle as a BentoML model) from the lock file, hashed; no load-test or dev group.
+build/requirements-training.txt: pyproject.toml uv.lock
+	@mkdir -p build
+	$(UV) export --locked --no-default-groups --group training --group features --group serving \
+		--no-emit-project --format requirements-txt -q -o $@
+
+image-training: setup build/requirements-training.txt ## Jobs' image localhost/segrec-training:<version> via buildah: prints id, size, layers
+	$(VENV)/bin/python -m training.container build --uv-version $(UV_VERSION)
+
+image-training-smoke: setup ## Run the k8s jobs' commands (feast apply, materialise, retrain) in that image on data/
+	$(VENV)/bin/python -m training.container smoke
 
 bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
 	$(SEGREC) bench --sizes $(BENCH_SIZES)

@@ -14,18 +14,20 @@
   the service runs its erasures under its event-log lock, so no append races the rewrite;
 - ids merged into the customer by de-duplication (``customer_id_map.parquet``) go too.
 
-The pseudonym is then added to the suppression list (``Settings.suppression_file``):
-``/events`` refuses the customer's events, cleaning withholds their rows from later
-imports, and the bundle manifest records how many customers training withheld. The audit
-log (:mod:`segrec.audit`) records the request with the keyed pseudonym only: the raw id
-is never written anywhere.
+Before anything is removed the pseudonym goes on the suppression list
+(:mod:`segrec.suppression`): first in the online store, which ``/events`` asks on every
+worker of every pod, then in the file ``Settings.suppression_file``, from which cleaning
+withholds their rows from later imports and the bundle manifest records how many
+customers training withheld. Without the online store the erasure is refused
+(:class:`ErasureUnavailable`) before anything changed: an erasure that other pods would
+not enforce must not be acknowledged. The audit log (:mod:`segrec.audit`) records the
+request with the keyed pseudonym only: the raw id is never written anywhere.
 
 Bundles hold no customer data (item arrays and segment centroids only), so they stay.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,19 +38,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segrec.durable_append import append_line
-from segrec.pseudonym import (
-    CUSTOMER_ID_PATTERN,
-    canonical_raw_id,
-    pseudonymise,
-    pseudonymise_many,
-)
+from segrec.pseudonym import CUSTOMER_ID_PATTERN, canonical_raw_id, pseudonymise
 from segrec.settings import Settings
+from segrec.shared_state import SharedState, SharedStateUnavailable, open_shared_state
+from segrec.suppression import SuppressionList
+
+__all__ = [
+    "ErasureError",
+    "ErasureReport",
+    "ErasureUnavailable",
+    "SuppressionList",
+    "customer_pseudonym",
+    "erase_customer",
+    "erase_online",
+]
 
 # Files never holding customer rows, or rewritten by their own owners: the Bento store
 # keeps bundles (no customer data); the Feast registry holds definitions only.
@@ -59,6 +66,11 @@ _LOCK = threading.Lock()  # one erasure at a time per process: files are rewritt
 
 class ErasureError(ValueError):
     """The request cannot be carried out (says why); nothing was changed."""
+
+
+class ErasureUnavailable(ErasureError):
+    """The online store holding the suppression list is out of reach; nothing was
+    changed, try again later (a 503, not the request's fault)."""
 
 
 @dataclass
@@ -97,74 +109,37 @@ def customer_pseudonym(customer: str, settings: Settings) -> str:
     return pseudonymise(canonical_raw_id(text), secret)
 
 
-# ---- suppression list ---------------------------------------------------------------
-class SuppressionList:
-    """The pseudonyms of erased customers, one per line (append-only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._stamp: tuple[float, int] | None = None
-        self._ids: frozenset[str] = frozenset()
-
-    def withheld(self, raw_ids: pd.Series, secret: str) -> np.ndarray:
-        """Which rows of ``raw_ids`` (ids as an export has them) name a suppressed
-        customer: a boolean mask."""
-        erased = self.ids()
-        if not erased or raw_ids.empty:
-            return np.zeros(len(raw_ids), dtype=bool)
-        canonical = [canonical_raw_id(str(v)) for v in raw_ids.tolist()]
-        pseudonyms = pseudonymise_many(canonical, secret)
-        return np.fromiter((p in erased for p in pseudonyms), dtype=bool, count=len(pseudonyms))
-
-    def ids(self) -> frozenset[str]:
-        """The current list, re-read when the file changed (another process erased)."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return frozenset()
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp != self._stamp:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            self._ids = frozenset(line.strip() for line in lines if line.strip())
-            self._stamp = stamp
-        return self._ids
-
-    def __contains__(self, customer_id: object) -> bool:
-        return customer_id in self.ids()
-
-    def add(self, customer_id: str) -> bool:
-        """Append ``customer_id``; False when it was listed already."""
-        if customer_id in self.ids():
-            return False
-        append_line(self.path, customer_id)
-        return True
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Count and hash of the list, for manifests (the ids themselves stay here)."""
-        ids = sorted(self.ids())
-        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-        return {"suppressed_customers": len(ids), "suppression_sha256": digest}
-
-
 # ---- the erasure ----------------------------------------------------------------------
 def erase_customer(
-    settings: Settings, customer: str, *, online_store: Any | None = None
+    settings: Settings,
+    customer: str,
+    *,
+    online_store: Any | None = None,
+    shared: SharedState | None = None,
 ) -> ErasureReport:
     """Remove ``customer`` (pseudonym or raw id) from every store and file; suppress it.
 
-    ``online_store`` is a ``feast.FeatureStore`` (default: opened from ``settings``).
-    Safe to repeat: a second erasure finds nothing and reports zeros.
+    ``online_store`` is a ``feast.FeatureStore`` and ``shared`` the store's shared state
+    (defaults: opened from ``settings``). Safe to repeat: a second erasure finds nothing
+    and reports zeros. Raises :class:`ErasureUnavailable` when the suppression list in
+    the online store cannot be written (nothing changed then).
     """
     pseudonym = customer_pseudonym(customer, settings)
     with _LOCK:
         report = ErasureReport(customer=pseudonym)
-        suppression = SuppressionList(settings.suppression_file)
-        # Suppress first: an import or event arriving mid-erasure is already refused.
-        report.already_suppressed = not suppression.add(pseudonym)
+        # Merged records too: their raw rows would come back in a re-import.
         ids = {pseudonym} | _merged_ids(settings, pseudonym)
         report.merged_ids = len(ids) - 1
-        for merged in sorted(ids - {pseudonym}):
-            suppression.add(merged)  # their raw records would come back in a re-import
+        # Suppress first: an import or event arriving mid-erasure is already refused.
+        try:
+            added = (shared or open_shared_state(settings)).suppress(sorted(ids))
+        except SharedStateUnavailable as error:
+            message = f"suppression list unreachable, nothing erased: {error}"
+            raise ErasureUnavailable(message) from error
+        report.already_suppressed = pseudonym not in added
+        suppression = SuppressionList(settings.suppression_file)
+        for erased in sorted(ids):
+            suppression.add(erased)
         secret = settings.pseudonymisation_secret.get_secret_value()
         report.online_rows = erase_online(online_store, settings, ids)
         for path in _files(settings.data_dir, (".parquet",)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sqlite3
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type
 
 from segrec.redis_online import RedisOnlineRows, redis_rows
-from segrec.sqlite_online import SqliteOnlineRows
+from segrec.sqlite_online import SqliteOnlineRows, is_busy
 
 # Defaults by Feast type name: unknown numbers are NaN (not 0, which is a real count for
 # floats like recency), counts are 0, categories "unknown", flags False (no consent
@@ -207,16 +208,38 @@ class OnlineFeatureReader:
                 return self._vectors(entity_ids, rows, self._decode_serialised)
             return self._vectors(entity_ids, self._provider_rows(entity_ids), decode_value)
         except Exception as error:  # the store is down or misconfigured: say so, do not raise
-            message = f"{type(error).__name__}: {error}"
-            return [
-                FeatureVector(
-                    entity_id=e,
-                    values=self.defaults(),
-                    missing=[f"{v}:{s}" for v, s, _, _ in self.features.values()],
-                    error=message,
-                )
-                for e in entity_ids
-            ]
+            return self._failed(entity_ids, error)
+
+    def read_many_now(self, entity_ids: Sequence[str]) -> list[FeatureVector] | None:
+        """:meth:`read_many` when it needs no waiting: a local SQLite store read on this
+        thread, failing at once rather than waiting for a writer's lock. None when it
+        cannot (a networked store, or the file is locked): the caller then reads within
+        its time budget off its own thread."""
+        if self._sqlite is None:
+            return None
+        try:
+            keys = [self._entity_key(str(e)) for e in entity_ids]
+            rows = self._sqlite.read(keys, wait=False)
+            return self._vectors(entity_ids, rows, self._decode_serialised)
+        except sqlite3.Error as error:
+            if is_busy(error):
+                return None
+            return self._failed(entity_ids, error)
+        except Exception as error:
+            return self._failed(entity_ids, error)
+
+    def _failed(self, entity_ids: Sequence[str], error: Exception) -> list[FeatureVector]:
+        """Every entity with defaults and the error: the store is down or misconfigured."""
+        message = f"{type(error).__name__}: {error}"
+        return [
+            FeatureVector(
+                entity_id=e,
+                values=self.defaults(),
+                missing=[f"{v}:{s}" for v, s, _, _ in self.features.values()],
+                error=message,
+            )
+            for e in entity_ids
+        ]
 
     def _provider_rows(
         self, entity_ids: Sequence[str]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,19 @@ class CustomerState:
     age_days: np.ndarray = field(default_factory=lambda: _empty(np.float64))
     segment: int = -1
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Recency-weighted totals already computed for these events, by (event weights,
+    # half-life): several models weigh events alike, and serving scores every model for
+    # the same customer. Shared by :meth:`with_features` copies, which keep the events.
+    _totals: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def with_features(self, features: Mapping[str, np.ndarray]) -> CustomerState:
+        """This customer with other customer-side rows: the events are not checked again
+        (serving builds one state per request and scores every model with it)."""
+        clone = object.__new__(CustomerState)
+        clone.__dict__.update(self.__dict__, features=features)
+        return clone
 
     def __post_init__(self) -> None:
         items = np.asarray(self.items, dtype=np.int64).ravel()
@@ -106,12 +120,20 @@ def aggregate(items: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nd
 def event_totals(
     state: CustomerState, event_weights: np.ndarray, half_life_days: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Recency-weighted event weights per item, zero totals dropped."""
-    weights = np.asarray(event_weights, dtype=np.float64)[state.types]
-    weights = weights * decay(state.age_days, half_life_days)
+    """Recency-weighted event weights per item, zero totals dropped (read-only arrays,
+    remembered on ``state``)."""
+    event_weights = np.asarray(event_weights, dtype=np.float64)
+    key = (event_weights.tobytes(), float(half_life_days))
+    known = state._totals.get(key)
+    if known is not None:
+        return known
+    weights = event_weights[state.types] * decay(state.age_days, half_life_days)
     items, totals = aggregate(state.items, weights)
     keep = totals > 0
-    return items[keep], totals[keep]
+    items, totals = items[keep], totals[keep]
+    items.flags.writeable = totals.flags.writeable = False
+    state._totals[key] = (items, totals)
+    return items, totals
 
 
 def lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -164,10 +186,13 @@ def similar_by_vectors(
     return top_k(unit @ unit[item], k, exclude=np.array([item]))
 
 
-def _candidates(candidates: np.ndarray | None, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate indices (invalid ones clipped to 0) and the mask of valid ones."""
+def _candidates(
+    candidates: np.ndarray | None, n_items: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Candidate indices (invalid ones clipped to 0) and the mask of valid ones (None:
+    every item, all valid)."""
     if candidates is None:
-        return np.arange(n_items), np.ones(n_items, dtype=bool)
+        return np.arange(n_items), None
     cand = np.asarray(candidates, dtype=np.int64).ravel()
     valid = (cand >= 0) & (cand < n_items)
     return np.where(valid, cand, 0), valid
@@ -180,9 +205,12 @@ def _rows(matrix: np.ndarray, candidates: np.ndarray | None, cand: np.ndarray) -
     return np.asarray(rows, dtype=np.float64)
 
 
-def _finish(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _finish(scores: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if valid is None:
+        return scores
     # Unknown candidates stay missing (NaN) rather than borrowing another item's score.
-    return np.where(valid, np.asarray(scores, dtype=np.float64), np.nan)
+    return np.where(valid, scores, np.nan)
 
 
 def score_popularity(
@@ -333,8 +361,9 @@ def content_profile(arrays: Arrays, state: CustomerState) -> np.ndarray:
     """Unit-length recency- and event-weighted mean of the customer's item vectors."""
     items, totals = event_totals(state, arrays["event_weights"], float(arrays["half_life_days"]))
     vectors = arrays["item_vectors"]
-    profile = totals @ vectors[items].astype(np.float64)
-    return unit_rows(np.asarray(profile, dtype=np.float64).reshape(1, -1))[0]
+    profile = np.asarray(totals @ vectors[items], dtype=np.float64)
+    norm = float(np.sqrt(profile @ profile))
+    return profile / norm if norm > 0 else profile
 
 
 def score_content(

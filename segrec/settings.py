@@ -167,6 +167,34 @@ class Settings(BaseSettings):
         "/metrics are exempt. 32 carousels are about 0.2 s of one core's work, twice the "
         "p99 budget.",
     )
+    retry_after_seconds: int = Field(
+        1,
+        ge=1,
+        description="Retry-After (seconds) on a 429 over SEGREC_MAX_CONCURRENCY and on a 503 "
+        "from /events while the shared suppression list cannot be checked.",
+    )
+    shared_state_timeout_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest /events and erasure wait on the shared suppression list and "
+        "event-id claims (Redis socket timeout, SQLite busy timeout). The list is read per "
+        "call, not cached (only ids found erased are remembered, erasure being final), so "
+        "an erasure on any pod holds on every pod from its answer on; with the store out of "
+        "reach /events answers 503 with Retry-After and stores nothing (fails closed).",
+    )
+    event_dedupe_ttl_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How long an event id counts as seen across every worker and pod (Redis "
+        "key expiry; SQLite rows pruned after it): the same event sent again within it is "
+        "a duplicate, counted once.",
+    )
+    event_dedupe_local_ids: int = Field(
+        100_000,
+        ge=0,
+        description="Event ids each worker keeps in memory in front of the shared claims: "
+        "a retry of an event this worker claimed is a duplicate without a store round trip.",
+    )
     tactics_file: Path = Field(
         PROJECT_ROOT / "serving" / "config" / "tactics.yaml",
         description="Personalisation rules (YAML, versioned): conditions over customer "
@@ -386,7 +414,14 @@ class Settings(BaseSettings):
 
     @property
     def suppression_file(self) -> Path:
+        """The offline record of erased customers that imports read (``segrec.suppression``)."""
         return self.privacy_dir / "suppressed.txt"
+
+    @property
+    def shared_state_file(self) -> Path:
+        """SQLite online store only: the suppression list and event-id claims every worker
+        of the pod shares (``segrec.shared_state``; Redis keeps both as keys)."""
+        return self.privacy_dir / "shared_state.db"
 
     @property
     def audit_log_file(self) -> Path:

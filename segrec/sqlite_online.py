@@ -45,7 +45,7 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _is_busy(error: sqlite3.Error) -> bool:
+def is_busy(error: sqlite3.Error) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
     busy = code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return busy or "locked" in str(error)
@@ -78,13 +78,17 @@ class SqliteOnlineRows:
         self._sql: dict[int, str] = {}  # number of keys -> query
         self._seconds: dict[Any, float] = {}  # stored event_ts -> epoch seconds
 
-    def read(self, keys: Sequence[bytes]) -> list[list[ViewRow]]:
-        """Per table, per key (in the order given): the entity's event time and values."""
+    def read(self, keys: Sequence[bytes], *, wait: bool = True) -> list[list[ViewRow]]:
+        """Per table, per key (in the order given): the entity's event time and values.
+
+        ``wait=False`` fails at once with ``database is locked`` instead of waiting up to
+        ``busy_timeout`` for a writer: for a caller that must not block (an event loop).
+        """
         # table -> key position -> [rowid, event_ts, {feature: value}] of the newest row
         found: list[list[list[Any] | None]] = [[None] * len(keys) for _ in self.tables]
         for start in range(0, len(keys), MAX_KEYS_PER_QUERY):
             chunk = keys[start : start + MAX_KEYS_PER_QUERY]
-            for table, position, rowid, name, value, stamp in self._query(chunk):
+            for table, position, rowid, name, value, stamp in self._query(chunk, wait):
                 entries = found[table]
                 entry = entries[start + position]
                 if entry is None:
@@ -106,19 +110,19 @@ class SqliteOnlineRows:
         if connection is not None:
             connection.close()
 
-    def _query(self, keys: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    def _query(self, keys: Sequence[bytes], wait: bool = True) -> list[tuple[Any, ...]]:
         """Rows of every table for ``keys``: (table, key position, rowid, feature, value,
         event_ts); once more on a new connection after an error other than a lock."""
         sql = self._sql.get(len(keys)) or self._build_sql(len(keys))
         params = list(keys) if len(keys) > 1 else list(keys) * len(self.tables)
         try:
-            return self._connection().execute(sql, params).fetchall()
+            return self._connection(wait).execute(sql, params).fetchall()
         except sqlite3.Error as error:
             self.close()
-            if _is_busy(error):
+            if is_busy(error):
                 raise
             # The file was replaced or its tables recreated under this connection.
-            return self._connection().execute(sql, params).fetchall()
+            return self._connection(wait).execute(sql, params).fetchall()
 
     def _build_sql(self, count: int) -> str:
         if count == 1:  # the request path: one customer
@@ -138,18 +142,21 @@ class SqliteOnlineRows:
             self._sql[count] = sql
         return sql
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, wait: bool = True) -> sqlite3.Connection:
         stat = os.stat(self.path)  # FileNotFoundError when the store is gone: the caller's
         identity = (stat.st_dev, stat.st_ino)
         local = self._local
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and local.identity == identity:
-            return connection
-        if connection is not None:  # the store was replaced: read the new file
-            connection.close()
-        local.connection = None
-        connection = sqlite3.connect(self._uri, uri=True, timeout=self.busy_timeout)
-        local.connection, local.identity = connection, identity
+        if connection is None or local.identity != identity:
+            if connection is not None:  # the store was replaced: read the new file
+                connection.close()
+            local.connection = None
+            connection = sqlite3.connect(self._uri, uri=True, timeout=self.busy_timeout)
+            local.connection, local.identity, local.waits = connection, identity, True
+        if local.waits != wait:
+            milliseconds = round(self.busy_timeout * 1000) if wait else 0
+            connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            local.waits = wait
         return connection
 
     def _event_seconds(self, stored: Any) -> float:

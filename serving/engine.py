@@ -212,10 +212,10 @@ class RecommendationEngine:
         history_items = list(values.get("history_items") or [])
         history_types = list(values.get("history_types") or [])
         history_unix = list(values.get("history_unix") or [])
-        known = [
-            (self.index_of.get(str(p), -1), int(t), float(u))
-            for p, t, u in zip(history_items, history_types, history_unix, strict=False)
-        ]
+        # The three lists are written together; a torn row keeps what lines up.
+        known = min(len(history_items), len(history_types), len(history_unix))
+        index_of = self.index_of
+        known_items = [index_of.get(str(p), -1) for p in history_items[:known]]
         session_at = float(values.get("last_event_unix") or 0)
         session = {
             "viewed": self._indices(values.get("viewed_items")),
@@ -229,9 +229,9 @@ class RecommendationEngine:
         ]
         # Session lists are newest first without timestamps: they all count as of the
         # session's last event, which is minutes old at most.
-        items = np.array([i for i, _, _ in known] + [i for i, _ in session_events], np.int64)
-        types = np.array([t for _, t, _ in known] + [t for _, t in session_events], np.int8)
-        stamps = np.array([u for _, _, u in known] + [session_at] * len(session_events))
+        items = np.array(known_items + [i for i, _ in session_events], np.int64)
+        types = np.array(history_types[:known] + [t for _, t in session_events], np.int8)
+        stamps = np.array(history_unix[:known] + [session_at] * len(session_events), np.float64)
         customer.items, customer.types = items, types
         customer.age_days = np.maximum(now - stamps, 0.0) / DAY_SECONDS
         customer.session_items = session
@@ -308,6 +308,12 @@ class RecommendationEngine:
     def _scores(self, customer: _Customer) -> np.ndarray:
         """Every model's scores over every item, (models, items)."""
         values = customer.vector.values
+        events = CustomerState(
+            items=customer.items,
+            types=customer.types,
+            age_days=customer.age_days,
+            segment=customer.segment_id if customer.segment_id is not None else -1,
+        )
         rows = []
         for name in self.models:
             kind = self.kinds[name]
@@ -322,13 +328,7 @@ class RecommendationEngine:
                 # Events since training: fold the customer in again from history plus
                 # session, instead of the factors that predate the session.
                 features.pop("user_factors", None)
-            state = CustomerState(
-                items=customer.items,
-                types=customer.types,
-                age_days=customer.age_days,
-                segment=customer.segment_id if customer.segment_id is not None else -1,
-                features=features,
-            )
+            state = events.with_features(features)
             rows.append(score_candidates(kind, self.model_arrays[name], state))
         return np.vstack(rows)
 
@@ -485,21 +485,7 @@ class RecommendationEngine:
         ranked = _best(final, allowed, 4 * request.k)
         chosen = self.rules.diversify(ranked, request.k)
         return Recommendation(
-            items=[
-                {
-                    "product_id": self.product_names[i],
-                    "score": round(float(final[i]), 6),
-                    "contributions": {
-                        **{
-                            m: round(float(parts[j, i]), 6)
-                            for j, m in enumerate(self.models)
-                            if parts[j, i] > 0
-                        },
-                        **{key: round(float(v[i]), 6) for key, v in extras.items() if v[i] > 0},
-                    },
-                }
-                for i in chosen
-            ],
+            items=self._items(chosen, final, parts, extras),
             segment=customer.segment,
             lifecycle_stage=customer.lifecycle,
             bundle_version=self.bundle.version,
@@ -510,6 +496,35 @@ class RecommendationEngine:
             experiment=assignment,
             customer_value=_customer_value(customer),
         )
+
+    def _items(
+        self,
+        chosen: np.ndarray,
+        final: np.ndarray,
+        parts: np.ndarray,
+        extras: Mapping[str, np.ndarray],
+    ) -> list[dict[str, Any]]:
+        """The answer's items with each part's contribution. The chosen columns become
+        Python floats in one call each: indexing numpy scalars one by one cost more than
+        the scoring of some models."""
+        names = [*self.models, *extras]
+        columns = np.vstack([parts[:, chosen], *(v[chosen] for v in extras.values())])
+        return [
+            {
+                "product_id": self.product_names[i],
+                "score": score,
+                "contributions": {
+                    m: c for m, c, raw in zip(names, column, raw_column, strict=True) if raw > 0
+                },
+            }
+            for i, score, column, raw_column in zip(
+                chosen.tolist(),
+                np.round(final[chosen], 6).tolist(),
+                np.round(columns, 6).T.tolist(),
+                columns.T.tolist(),
+                strict=True,
+            )
+        ]
 
     def segment(self, customer_id: str) -> dict[str, Any]:
         """The customer's segment, lifecycle stage and the features the segment rests on."""

@@ -49,6 +49,9 @@ class BudgetedFeatureSource:
         return getattr(self.reader, name)
 
     def read_many(self, entity_ids: Sequence[str]) -> list[FeatureVector]:
+        vectors = self._read_now(entity_ids)
+        if vectors is not None:
+            return vectors
         with self._lock:
             if self._busy >= self.threads:
                 return self._unavailable(entity_ids, "every online-store reader is stuck")
@@ -63,7 +66,11 @@ class BudgetedFeatureSource:
 
     async def read_many_async(self, entity_ids: Sequence[str]) -> list[FeatureVector]:
         """:meth:`read_many` for the event loop: the request waits without holding a thread
-        (one hop to the reader pool and back, instead of two through BentoML's)."""
+        (one hop to the reader pool and back, instead of two through BentoML's), unless
+        the store answers without waiting."""
+        vectors = self._read_now(entity_ids)
+        if vectors is not None:
+            return vectors
         with self._lock:
             if self._busy >= self.threads:
                 return self._unavailable(entity_ids, "every online-store reader is stuck")
@@ -76,6 +83,16 @@ class BudgetedFeatureSource:
             self.timeouts += 1
             budget = round(self.timeout * 1000)
             return self._unavailable(entity_ids, f"online store slower than {budget} ms")
+
+    def _read_now(self, entity_ids: Sequence[str]) -> list[FeatureVector] | None:
+        """The read on this thread when the store can answer without waiting (a local
+        SQLite file no writer holds): the hop to the pool and back cost more than the
+        read itself. None otherwise."""
+        started = time.perf_counter()
+        vectors = self.reader.read_many_now(entity_ids)
+        if vectors is not None and self.on_read is not None:
+            self.on_read(time.perf_counter() - started)
+        return vectors
 
     def _read(self, entity_ids: list[str]) -> list[FeatureVector]:
         started = time.perf_counter()

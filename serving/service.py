@@ -26,7 +26,6 @@ degraded answers into none).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime as dt
 import gc
@@ -34,6 +33,7 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Container, Sequence
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -44,18 +44,22 @@ from starlette.responses import JSONResponse
 from segrec.audit import AuditLog, clean_actor
 from segrec.bundle import BundleError
 from segrec.consent import ConsentError, change_consent
-from segrec.erasure import ErasureError, SuppressionList, erase_customer
+from segrec.erasure import ErasureError, ErasureUnavailable, erase_customer
+from segrec.event_dedupe import EventDedupe
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
 from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.settings import Settings
+from segrec.shared_state import SharedStateUnavailable, open_shared_state
+from segrec.suppression import SharedSuppression
 from serving import metrics
 from serving.api_schema import HonestOpenAPI
 from serving.engine import Recommendation, RecommendationEngine, RecommendRequest
+from serving.event_admission import EventAdmission
 from serving.event_batcher import EventBatcher
 from serving.events import validate_events
 from serving.feature_budget import BudgetedFeatureSource
-from serving.limits import BodySizeLimit, JsonBodiesOnly
+from serving.limits import BodySizeLimit, ConcurrencyLimit, JsonBodiesOnly, bentoml_workers
 from serving.loading import build_engine, load_bundle, open_reader, personalisation_for
 from serving.personalisation import PersonalisationError, file_stamp
 from serving.ui.app import build_ui_app
@@ -64,7 +68,6 @@ logger = logging.getLogger("segrec.service")
 SETTINGS = Settings()
 Placement = Literal["home", "product", "cart", "email"]
 K = Annotated[int, Field(ge=1, le=100, description="How many items (1..100).")]
-RECENT_EVENT_IDS = 100_000  # per worker: retried batches are not folded into a session twice
 RETRY_LOAD_SECONDS = 5.0
 
 
@@ -85,15 +88,20 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
+def _unavailable(field: str, message: str) -> JSONResponse:
+    """503 with Retry-After: the shared store is out of reach; retrying later succeeds."""
+    response = _error(503, field, message)
+    response.headers["Retry-After"] = str(SETTINGS.retry_after_seconds)
+    return response
+
+
 # Access logs and tracing spans off on the request path: measured (loadtests/latency.py)
 # at +42% throughput on one worker; the metrics keep counts and latencies per endpoint.
-# Past the timeout BentoML answers 504; past max_concurrency in-flight requests (split
-# across workers) it answers 429 at once, sparing /livez, /readyz and /metrics.
+# Past the timeout BentoML answers 504; past SEGREC_MAX_CONCURRENCY in-flight requests
+# (split across workers) ConcurrencyLimit, below, answers 429 at once with Retry-After,
+# sparing /livez, /readyz and /metrics (BentoML's own max_concurrency has no Retry-After).
 @bentoml.service(
-    traffic={
-        "timeout": SETTINGS.request_timeout_seconds,
-        "max_concurrency": SETTINGS.max_concurrency,
-    },
+    traffic={"timeout": SETTINGS.request_timeout_seconds},
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": "/recommend,/recommend/batch,/similar,/segment,/events"},
 )
@@ -105,12 +113,16 @@ class Segrec:
         self._load_lock = threading.Lock()
         self._events_lock = threading.Lock()
         self._last_attempt = 0.0
-        self._recent_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.event_log = EventLog(self.settings.event_log_dir)
         self._event_batcher = EventBatcher(self._write_events)
         self.exposure_log = ExposureLog(self.settings.exposure_log_dir)
         self.audit_log = AuditLog(self.settings.audit_log_file)
-        self.suppression = SuppressionList(self.settings.suppression_file)
+        # The suppression list and event-id claims every worker and pod shares.
+        self.shared_state = open_shared_state(self.settings)
+        self._admission = EventAdmission(
+            SharedSuppression(self.shared_state),
+            EventDedupe.from_settings(self.shared_state, self.settings),
+        )
         self._load()
         threading.Thread(target=self._watch_config, name="config-watch", daemon=True).start()
 
@@ -374,31 +386,32 @@ class Segrec:
             )
         engine = self._engine()
         now = engine.clock()
-        accepted, rejected = validate_events(
-            events,
-            engine.index_of,
-            now,
-            erased=self.suppression.ids(),
-            max_skew=dt.timedelta(seconds=self.settings.event_clock_skew_seconds),
-            max_age=dt.timedelta(hours=self.settings.event_max_age_hours),
-        )
-        # Claimed before the write (one event loop: no lock needed), so a concurrent retry
-        # of the same events is a duplicate; released if the write fails, so a retry after
-        # a failure is not. One by one, so an event repeated within the batch counts once.
-        fresh = []
-        for event in accepted:
-            if event.event_id not in self._recent_ids:
-                self._recent_ids[event.event_id] = None
-                fresh.append(event)
-        while len(self._recent_ids) > RECENT_EVENT_IDS:
-            self._recent_ids.popitem(last=False)
+        skew = dt.timedelta(seconds=self.settings.event_clock_skew_seconds)
+        age = dt.timedelta(hours=self.settings.event_max_age_hours)
+
+        def validate(raw: Sequence[Any], erased: Container[str]) -> Any:
+            return validate_events(raw, engine.index_of, now, erased, max_skew=skew, max_age=age)
+
+        # Erased customers' events are refused and event ids claimed before the write, in
+        # the store every worker and pod shares (a thread: it is I/O); claims are released
+        # if the write fails, so a retry after a failure is not a duplicate. Without the
+        # store nothing is written: 503, retry later (events of a customer erased on another
+        # pod must not be stored).
+        try:
+            admission = await anyio.to_thread.run_sync(self._admission.admit, events, validate)
+        except SharedStateUnavailable as error:
+            logger.warning("events refused, shared state unavailable: %s", error)
+            return _unavailable(
+                "customer_id",
+                "cannot check the suppression list (online store unavailable): retry later",
+            )
+        fresh, rejected = admission.fresh, admission.rejected
         try:
             session_error = await self._event_batcher.submit(fresh)
         except Exception:
-            for event in fresh:
-                self._recent_ids.pop(event.event_id, None)
+            await anyio.to_thread.run_sync(self._admission.release, fresh)
             raise
-        duplicates = len(accepted) - len(fresh)
+        duplicates = admission.duplicates
         metrics.EVENTS.labels(outcome="accepted").inc(len(fresh))
         metrics.EVENTS.labels(outcome="duplicate").inc(duplicates)
         metrics.EVENTS.labels(outcome="rejected").inc(len(rejected))
@@ -533,9 +546,12 @@ class Segrec:
         ctx: bentoml.Context,
         customer_id: Annotated[str, Field(min_length=1, max_length=256)],
     ) -> Any:
-        """Forget a customer (pseudonym or raw id): every online feature view, the offline
-        Parquet data, event and exposure logs; then suppress them, so their events and
-        re-imports are refused. Needs the admin bearer token; audited by pseudonym only."""
+        """Forget a customer (pseudonym or raw id): suppress them first in the online store
+        (every pod refuses their events from the answer on) and in the offline record (so
+        re-imports withhold them), then remove them from every online feature view, the
+        offline Parquet data, event and exposure logs. 503 with Retry-After, nothing
+        changed, when the online store is out of reach. Needs the admin bearer token;
+        audited by pseudonym only."""
         actor, refused = self._authorise(ctx, "erase")
         if refused is not None:
             return refused
@@ -543,18 +559,29 @@ class Segrec:
         try:
             # Under the event-log lock: no append races the logs' rewrite.
             with self._events_lock:
-                report = erase_customer(self.settings, customer_id, online_store=store)
+                report = erase_customer(
+                    self.settings, customer_id, online_store=store, shared=self.shared_state
+                )
         except ErasureError as error:
-            ctx.response.status_code = 400
+            unavailable = isinstance(error, ErasureUnavailable)
+            ctx.response.status_code = 503 if unavailable else 400
+            if unavailable:
+                ctx.response.headers["Retry-After"] = str(self.settings.retry_after_seconds)
             self._audit(actor, "erase", "rejected", {"error": str(error)})
             return {"error": str(error), "field": "customer_id"}
-        self.suppression.ids()  # re-read now: the next /events already refuses them
         self._audit(actor, "erase", "erased", report.as_dict())
         metrics.ERASURES.inc()
         return {"erased": True, **report.as_dict()}
 
 
 # The decorator returns BentoML's Service wrapper, which the type checker cannot see.
+# The concurrency limit first (outermost of ours): a refused request costs nothing more.
+Segrec.add_asgi_middleware(  # type: ignore[attr-defined]
+    ConcurrencyLimit,
+    max_concurrency=SETTINGS.max_concurrency,
+    retry_after_seconds=SETTINGS.retry_after_seconds,
+    workers=lambda: bentoml_workers("Segrec"),
+)
 Segrec.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_request_bytes)  # type: ignore[attr-defined]
 Segrec.add_asgi_middleware(  # type: ignore[attr-defined]
     JsonBodiesOnly,

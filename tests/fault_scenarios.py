@@ -35,6 +35,7 @@ class Answer:
     body: Any
     seconds: float
     error: str | None = None  # why there is no HTTP answer (status REFUSED)
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 def call(
@@ -56,15 +57,17 @@ def call(
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             text, status = response.read().decode(), response.status
+            headers = {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as error:
         text, status = error.read().decode(), error.code
+        headers = {k.lower(): v for k, v in error.headers.items()}
     except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out
         return Answer(REFUSED, None, time.perf_counter() - started, f"{type(error).__name__}")
     seconds = time.perf_counter() - started
     try:
-        return Answer(status, json.loads(text), seconds)
+        return Answer(status, json.loads(text), seconds, headers=headers)
     except json.JSONDecodeError:
-        return Answer(status, text, seconds)
+        return Answer(status, text, seconds, headers=headers)
 
 
 @dataclass

@@ -19,14 +19,22 @@ import pytest
 from feast.infra.key_encoding_utils import deserialize_entity_key
 
 from segrec.audit import AuditLog, clean_actor, verify_audit_log
-from segrec.erasure import ErasureError, SuppressionList, customer_pseudonym, erase_customer
+from segrec.erasure import (
+    ErasureError,
+    ErasureUnavailable,
+    SuppressionList,
+    customer_pseudonym,
+    erase_customer,
+)
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
 from segrec.feature_store import open_store
 from segrec.live_session import LiveEvent
 from segrec.online_features import OnlineFeatureReader
 from segrec.pseudonym import CUSTOMER_ID_PATTERN
+from segrec.service_process import free_port
 from segrec.settings import Settings
+from segrec.shared_state import SUPPRESSED_KEY, open_shared_state
 from tests.conftest import Dataset, feast_workspace
 from training.data.pipeline import clean_dataset
 from training.data.raw import RawDataset
@@ -135,7 +143,15 @@ def test_erasure_leaves_nothing_of_the_customer(workspace: Workspace) -> None:
         # Keys name customers by keyed pseudonym only, never by a raw id.
         config = workspace.store.config
         project = config.project.encode()
-        for key in keys:
+        # segrec's own keys: the suppression set (members are pseudonyms) and event claims
+        # (keyed hashes); every other key is Feast's.
+        own = [k for k in keys if k.startswith(b"segrec:")]
+        assert all(re.fullmatch(rb"segrec:(suppressed|event:[0-9a-f]{32})", k) for k in own)
+        assert pseudonym.encode() in client.smembers(SUPPRESSED_KEY)
+        assert all(
+            re.fullmatch(CUSTOMER_ID_PATTERN, m.decode()) for m in client.smembers(SUPPRESSED_KEY)
+        )
+        for key in set(keys) - set(own):
             assert key.endswith(project), key
             entity = deserialize_entity_key(
                 key[: -len(project)],
@@ -143,9 +159,11 @@ def test_erasure_leaves_nothing_of_the_customer(workspace: Workspace) -> None:
             )
             if entity.join_keys == ["customer_id"]:
                 assert re.fullmatch(CUSTOMER_ID_PATTERN, entity.entity_values[0].string_val)
-    # Only the keyed pseudonym is kept: in the suppression list.
+    # Only the keyed pseudonym is kept: in the suppression list, in the online store (for
+    # every pod's /events) and in the file (for re-imports).
     assert settings.suppression_file.read_text().splitlines()[0] == pseudonym
     assert raw_id not in settings.suppression_file.read_text()
+    assert pseudonym in open_shared_state(settings).all_suppressed()
 
     again = erase_customer(settings, pseudonym, online_store=workspace.store)
     assert again.already_suppressed and again.online_rows == 0
@@ -179,6 +197,21 @@ def test_bad_erasure_requests_are_refused_with_a_reason(tmp_path: Path) -> None:
         with pytest.raises(ErasureError, match=reason):
             erase_customer(settings, bad, online_store=object())
     assert not settings.suppression_file.exists()
+
+
+def test_without_the_online_store_an_erasure_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """Other pods would not refuse the customer's events: no acknowledgement, no change."""
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, online_store="redis", redis_url=f"127.0.0.1:{free_port()}")
+    (data / "events").mkdir(parents=True)
+    log = data / "events" / "log.jsonl"
+    log.write_text('{"customer_id": "c_00000000000000a1"}\n')
+    with pytest.raises(ErasureUnavailable, match="suppression list unreachable"):
+        erase_customer(settings, "c_00000000000000a1", online_store=object())
+    assert not settings.suppression_file.exists()
+    assert log.read_text() == '{"customer_id": "c_00000000000000a1"}\n'
 
 
 def test_the_audit_chain_catches_edits_removals_and_forged_actors(tmp_path: Path) -> None:

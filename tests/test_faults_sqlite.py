@@ -442,6 +442,10 @@ def test_overload_is_refused_at_once_and_timeouts_answer_504(server: Server) -> 
     )
     assert [a.status for a in refused] == [429] * 10
     assert all(isinstance(a.body, dict) and "error" in a.body for a in refused)
+    # When to come back, and which limit was hit.
+    assert {a.headers.get("retry-after") for a in refused} == {"1"}
+    assert {a.body["limit"] for a in refused} == {"SEGREC_MAX_CONCURRENCY"}
+    assert {a.body["max_concurrency"] for a in refused} == {MAX_CONCURRENCY}
     assert slowest_refusal < 2.0, "refused at once, not after queueing"
     assert {p: a.status for p, a in probes.items()} == dict.fromkeys(probes, 200)
     assert max(a.seconds for a in probes.values()) < 2.0
@@ -456,6 +460,30 @@ def test_overload_is_refused_at_once_and_timeouts_answer_504(server: Server) -> 
     assert answer.status == 200 and answer.body["accepted"] == 1, answer
     counted = {"endpoint": "/recommend", "http_response_code": "429"}
     assert metric(metrics_text(server), "bentoml_service_request_total", **counted) >= 10
+
+
+def test_a_stuck_shared_state_file_makes_events_fail_closed(server: Server) -> None:
+    """A writer stuck on ``data/privacy/shared_state.db`` (suppression list and event-id
+    claims) past ``SEGREC_SHARED_STATE_TIMEOUT_SECONDS``: /events stores nothing and
+    answers 503 with Retry-After, recommendations do not notice, and events are taken
+    again once the lock is gone."""
+    customers = server.customers()[40:42]
+    product = recommend(server, customers[0]).body["items"][0]["product_id"]
+    event = {"events": [_event(customers[0], product)]}
+    assert call(f"{server.url}/events", event).body["accepted"] == 1  # the file exists now
+    stuck = sqlite3.connect(server.settings.shared_state_file, timeout=5)
+    stuck.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        refused = call(f"{server.url}/events", {"events": [_event(customers[1], product)]})
+        assert refused.status == 503 and refused.body["field"] == "customer_id", refused
+        assert refused.headers["retry-after"] == "1"
+        assert_personal(server, customers)
+    finally:
+        stuck.rollback()
+        stuck.close()
+    print(f"\n503 after {refused.seconds * 1000:.0f} ms (timeout 500 ms)")
+    taken = call(f"{server.url}/events", {"events": [_event(customers[1], product)]})
+    assert taken.status == 200 and taken.body["accepted"] == 1, taken
 
 
 def _grace_settings() -> tuple[int, int]:

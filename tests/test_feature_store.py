@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import math
@@ -25,6 +26,7 @@ from segrec.feature_store import open_store
 from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.online_features import FeatureVector, OnlineFeatureReader
 from segrec.settings import Settings
+from serving.feature_budget import BudgetedFeatureSource
 from tests.conftest import Dataset, feast_workspace, make_settings
 from training.features.build import build_features
 from training.features.history import historical_features
@@ -460,3 +462,41 @@ def test_a_locked_store_gives_an_error_vector_at_once(sqlite_copy: FeastSetup) -
     assert not vector.complete and vector.values == reader.defaults()
     assert seconds < 1.0, "a lock costs the busy timeout, not Feast's 5 s"
     assert reader.read(customer_id).error is None
+
+
+def test_a_read_that_must_not_wait_is_inline_and_steps_aside_for_a_lock(
+    sqlite_copy: FeastSetup,
+) -> None:
+    """The event loop reads a free SQLite store itself (the hop to the reader pool cost
+    more than the read); a locked store makes it step aside at once, to the pool's
+    budgeted read, without changing what comes back."""
+    reader = sqlite_copy.reader()
+    ids = [*sqlite_copy.customers["customer_id"].drop_duplicates().tolist()[:3], "c_nobody"]
+    now = reader.read_many_now(ids)
+    assert now is not None
+    assert [(v.values, v.missing, v.error) for v in now] == [
+        (v.values, v.missing, v.error) for v in reader.read_many(ids)
+    ]
+    budgeted = BudgetedFeatureSource(reader, timeout_ms=1000)
+    try:
+        assert [v.values for v in asyncio.run(budgeted.read_many_async(ids))] == [
+            v.values for v in now
+        ]
+        assert not budgeted._pool._threads, "a free store is read without the pool"
+        holder = sqlite3.connect(sqlite_copy.settings.feast_dir / "online.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.perf_counter()
+            assert reader.read_many_now(ids) is None
+            stepped_aside = time.perf_counter() - started
+            locked = asyncio.run(budgeted.read_many_async(ids))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert stepped_aside < reader._sqlite.busy_timeout, "no wait for the lock"
+        assert budgeted._pool._threads, "a locked store is read off the loop"
+        assert all(v.error is not None and "locked" in v.error for v in locked)
+        again = reader.read_many_now(ids)
+        assert again is not None and [v.values for v in again] == [v.values for v in now]
+    finally:
+        budgeted.close()

@@ -4,12 +4,15 @@ The real build and start run in CI after the tests (`.ci/run`)."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from k8s.validate import load_objects, render
 from segrec.settings import PROJECT_ROOT, Settings
 from serving.container import BASE_IMAGE, SERVING_IMAGE
 from serving.container.build import (
@@ -53,6 +56,30 @@ from serving.container.smoke import (
     trained_data,
     unexpected_writes,
 )
+from training.container import (
+    APP_DIR,
+    REQUIREMENTS_IN_IMAGE,
+    RUN_AS_UID,
+    TRAINING_IMAGE,
+    VENV_DIR,
+)
+from training.container.build import APP_PATHS, assemble_context, training_ref
+from training.container.build import CONTAINERFILE as TRAINING_CONTAINERFILE
+from training.container.build import REQUIREMENTS as TRAINING_REQUIREMENTS
+from training.container.build import build_command as training_build_command
+from training.container.smoke import (
+    JobContainer,
+    Volume,
+    applicable_requirements,
+    expected_image,
+    job_containers,
+    job_data,
+    not_in_image,
+    random_secrets,
+    writes_outside,
+)
+from training.container.smoke import package_problems as training_package_problems
+from training.container.smoke import run_command as training_run_command
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -357,3 +384,190 @@ def test_image_notes_name_what_bentoml_did_differently() -> None:
     assert notes[0].startswith("645.0 MB of compilers") and "OPENBLAS_NUM_THREADS" in notes[1]
     quiet = ImageInfo("r", "i", 1, "bentoml", (), {"OPENBLAS_NUM_THREADS": "1"}, ())
     assert image_notes(quiet) == []
+
+
+# ---- the training image (`make image-training`, `make image-training-smoke`) -------------
+def test_the_training_image_build_passes_the_args_its_containerfile_declares() -> None:
+    command = training_build_command(Path("/ctx"), "2.3.4")
+    passed = dict(command[i + 1].split("=", 1) for i, a in enumerate(command) if a == "--build-arg")
+    text = TRAINING_CONTAINERFILE.read_text()
+    declared = dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.M))
+    assert set(passed) == set(declared)
+    assert passed["BASE_IMAGE"] == declared["BASE_IMAGE"] == BASE_IMAGE  # serving's base
+    assert passed["SEGREC_UID"] == declared["SEGREC_UID"] == str(RUN_AS_UID)
+    assert passed["VERSION"] == "2.3.4"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, flags=re.M)
+    assert command[command.index("-t") + 1] == training_ref("2.3.4")
+    assert training_ref("2.3.4") == f"{TRAINING_IMAGE}:2.3.4" == "localhost/segrec-training:2.3.4"
+    assert command[2:4] == ["--isolation", "chroot"] and "--pull=never" in command
+    assert "--no-cache" not in command
+    assert "--no-cache" in training_build_command(Path("/ctx"), "2.3.4", cache=False)
+
+
+def test_the_training_containerfile_keeps_the_jobs_contract() -> None:
+    """What the manifests and the smoke rely on: the numeric non-root user, the CLI as the
+    entrypoint, the project in /app, wheels only, no uv cache in a layer."""
+    text = TRAINING_CONTAINERFILE.read_text()
+    instructions = re.findall(r"^([A-Z]+) (.*)$", text, flags=re.M)
+    last = dict(instructions)  # the last of each instruction
+    assert last["USER"] == "${SEGREC_UID}:${SEGREC_UID}"
+    assert json.loads(last["ENTRYPOINT"]) == [f"{VENV_DIR}/bin/segrec"]
+    assert last["WORKDIR"] == APP_DIR
+    assert f"COPY app/ {APP_DIR}/" in text
+    assert f"COPY requirements-training.txt {REQUIREMENTS_IN_IMAGE}" in text
+    installs = re.findall(r"uv pip install[^;]*", text.replace("\\\n", " "))
+    assert len(installs) == 2 and all("--no-cache" in line for line in installs)
+    assert "--require-hashes" in installs[0] and "--only-binary :all:" in installs[0]
+    assert "--no-deps --editable /app" in installs[1]
+    assert "build-essential" not in text and "gcc" not in text
+    assert "PYTHONDONTWRITEBYTECODE=1" in text  # a read-only root filesystem
+
+
+def test_make_image_training_exports_the_jobs_dependency_groups() -> None:
+    lines = (PROJECT_ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()
+    rule = lines.index("build/requirements-training.txt: pyproject.toml uv.lock")
+    export = next(line for line in lines[rule + 1 :] if "export" in line).split()
+    groups = {export[i + 1] for i, word in enumerate(export) if word == "--group"}
+    # `segrec train` saves the bundle as a BentoML model: the serving group too.
+    assert groups == {"training", "features", "serving"}
+    assert {"--locked", "--no-default-groups", "--no-emit-project"} <= set(export)
+    assert "--no-hashes" not in export  # the image installs with --require-hashes
+    assert export[export.index("-o") + 1] == "$@"
+    assert TRAINING_REQUIREMENTS == PROJECT_ROOT / "build" / "requirements-training.txt"
+    target = next(i for i, line in enumerate(lines) if line.startswith("image-training:"))
+    assert "build/requirements-training.txt" in lines[target]
+    assert "-m training.container build" in lines[target + 1]
+
+
+def test_the_training_context_holds_the_source_and_the_requirements(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    with pytest.raises(ImageError, match="make image-training"):
+        assemble_context(tmp_path / "ctx", requirements)
+    requirements.write_text("numpy==2.0 \\\n    --hash=sha256:00\n")
+    assemble_context(tmp_path / "ctx", requirements)
+    context = tmp_path / "ctx"
+    assert (context / "Containerfile").read_text() == TRAINING_CONTAINERFILE.read_text()
+    assert (context / "requirements-training.txt").read_text() == requirements.read_text()
+    assert sorted(p.name for p in (context / "app").iterdir()) == sorted(APP_PATHS)
+    for name in ("segrec/cli.py", "training/train/pipeline.py", "feature_repo/feature_store.yaml"):
+        assert (context / "app" / name).is_file(), name
+    assert not list(context.rglob("__pycache__")) and not list(context.rglob("*.pyc"))
+
+
+def _job(**changes: object) -> JobContainer:
+    fields: dict[str, object] = {
+        "workload": "CronJob/segrec-retrain",
+        "name": "train",
+        "image": "localhost:5001/segrec-training:0.1.0",
+        "command": ("segrec", "train"),
+        "env": (("SEGREC_DATA_DIR", "/var/lib/segrec/data"),),
+        "mounts": (
+            ("/var/lib/segrec", Volume("data", "persistentVolumeClaim"), False),
+            ("/opt/scripts", Volume("script", "configMap", (("r.py", "print(1)"),)), True),
+        ),
+        "user": (1034, 1034),
+    }
+    return JobContainer(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_a_job_container_runs_as_its_pod_user_with_its_volumes() -> None:
+    binds = {"/var/lib/segrec": Path("/s/pvc"), "/opt/scripts": Path("/s/pod/script")}
+    assert training_run_command("ctr", _job(), binds) == [
+        "buildah", "run", "--isolation", "chroot", "--network", "host", "--user", "1034:1034",
+        "--volume", "/s/pvc:/var/lib/segrec", "--volume", "/s/pod/script:/opt/scripts:ro",
+        "-e", "SEGREC_DATA_DIR=/var/lib/segrec/data", "ctr", "--", "segrec", "train",
+    ]  # fmt: skip
+    assert expected_image(_job(), "0.1.0") is None
+    assert "not segrec-training:0.2.0" in str(expected_image(_job(), "0.2.0"))
+    assert expected_image(_job(image="r/segrec-serving:0.1.0"), "0.1.0") is not None
+
+
+def test_the_jobs_run_as_the_dev_overlay_renders_them() -> None:
+    """The command contract between k8s/ and the image: what the smoke runs, read from the
+    rendered dev overlay (the same function the smoke uses)."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is needed to render the overlay")
+    secrets = random_secrets()
+    jobs = job_containers(load_objects(render("dev")), secrets)
+    assert [job.label for job in jobs] == [
+        "Job/segrec-feast-apply/feast-apply",
+        "CronJob/segrec-materialise/materialise",
+        "CronJob/segrec-retrain/train",
+        "CronJob/segrec-retrain/reload",
+    ]
+    assert [job.command for job in jobs][1:3] == [("segrec", "features"), ("segrec", "train")]
+    for job in jobs:
+        env = dict(job.env)
+        assert expected_image(job, project_version()) is None
+        assert job.user == (RUN_AS_UID, RUN_AS_UID)
+        assert job.command[0] in {"segrec", "python"}  # both in the image's venv, on PATH
+        mounts = {path: volume.kind for path, volume, _ in job.mounts}
+        if job.name == "reload":
+            ((_, volume, read_only),) = job.mounts
+            assert read_only and volume.kind == "configMap"
+            script = PROJECT_ROOT / "k8s" / "base" / "jobs" / "reload_serving.py"
+            assert dict(volume.files) == {"reload_serving.py": script.read_text()}
+            assert env == {"SEGREC_ADMIN_TOKEN": secrets["SEGREC_ADMIN_TOKEN"]}
+            continue
+        assert mounts == {"/var/lib/segrec": "persistentVolumeClaim", "/tmp": "emptyDir"}
+        assert env["SEGREC_FEAST_REPO"] == f"{APP_DIR}/feature_repo"  # the image's source
+        assert env["SEGREC_DATA_DIR"].startswith("/var/lib/segrec/")
+        assert env["HOME"] == env["TMPDIR"] == "/tmp"
+        assert env["SEGREC_ONLINE_STORE"] == "sqlite"  # dev: no Redis needed to run them
+        assert env["SEGREC_REDIS_URL"] == secrets["SEGREC_REDIS_URL"]
+
+
+def test_the_training_image_holds_exactly_its_requirements() -> None:
+    requirements = (
+        "# via feast\n"
+        "numpy==2.4.6 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+        "async-timeout==5.0.1 ; python_full_version < '3.11.3' \\\n    --hash=sha256:cc\n"
+        "cffi==2.1.1 ; implementation_name == 'pypy' \\\n    --hash=sha256:dd\n"
+        "scikit-learn==1.7 \\\n    --hash=sha256:ee\n"
+    )
+    old = {"python_full_version": "3.11.2", "implementation_name": "cpython"}
+    new = {"python_full_version": "3.11.9", "implementation_name": "cpython"}
+    assert applicable_requirements(requirements, old) == {"numpy", "async-timeout", "scikit-learn"}
+    assert applicable_requirements(requirements, new) == {"numpy", "scikit-learn"}
+    required = {"numpy", "scikit-learn"}
+    assert training_package_problems(["NumPy", "scikit_learn", "segrec"], required, set()) == []
+    assert training_package_problems(["numpy", "pytest", "six"], required, {"pytest"}) == [
+        "required but not installed: scikit-learn",
+        "load-test or dev packages in the image: pytest",
+        "packages not in the requirements: six",
+    ]
+    assert {"locust", "pytest", "ruff"} <= not_in_image()  # the real pyproject's groups
+
+
+def test_the_jobs_may_write_only_on_their_volumes(tmp_path: Path) -> None:
+    written = [
+        "/etc/hosts",  # buildah run's own
+        "/tmp/matplotlib/fontlist.json",
+        "/var/lib/segrec/data/bundles/bundle-1/manifest.json",
+        "/app/training/__pycache__/x.cpython-311.pyc",
+        "/var/lib/segrecx/file",
+    ]
+    assert writes_outside(written, ["/tmp", "/var/lib/segrec"]) == [
+        "/app/training/__pycache__/x.cpython-311.pyc",
+        "/var/lib/segrecx/file",
+    ]
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(ImageError, match="make data SIZE=tiny"):
+        job_data(settings)
+    for name in ("clean/manifest.json", "features/customer_segments.parquet"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("x")
+    assert job_data(settings) == (tmp_path / "data").resolve()
+
+
+def test_a_job_without_a_command_or_a_missing_job_is_refused() -> None:
+    pod = {"securityContext": {"runAsUser": 1034}, "containers": [{"name": "x", "image": "i:1"}]}
+    job = {
+        "kind": "Job",
+        "metadata": {"name": "segrec-feast-apply"},
+        "spec": {"template": {"spec": pod}},
+    }
+    with pytest.raises(ImageError, match="segrec-feast-apply/x: no command"):
+        job_containers([job], random_secrets())
+    with pytest.raises(ImageError, match="renders 0 Job/segrec-feast-apply"):
+        job_containers([], random_secrets())

@@ -34,6 +34,9 @@ from k8s.validate import (
     schema_errors,
 )
 from segrec.settings import Settings
+from serving.container.build import project_version as image_version
+from serving.container.build import serving_ref
+from training.container.build import training_ref
 
 Objects = list[dict[str, Any]]
 WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
@@ -511,6 +514,33 @@ def test_images_are_pinned_to_the_project_version(
                 seen.add(base)
             assert container["imagePullPolicy"] == "Always"
     assert seen == set(OUR_IMAGES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_run_the_images_the_make_targets_tag(
+    rendered: dict[str, Objects], overlay: str
+) -> None:
+    """Serving runs what `make image` tags and every job what `make image-training` tags:
+    the same repository (in whichever registry the overlay names) and tag."""
+    version = image_version()
+    built = {
+        "Deployment": serving_ref(version),
+        "Job": training_ref(version),
+        "CronJob": training_ref(version),
+    }
+    assert training_ref(version) == f"localhost/segrec-training:{project_version()}"
+    jobs = 0
+    for workload, template in pods(rendered[overlay]):
+        if workload["kind"] not in built:
+            continue  # Redis: its own image
+        repository, _, tag = built[workload["kind"]].rsplit("/", 1)[1].partition(":")
+        for container in containers(template["spec"]):
+            name, _, image_tag = container["image"].rpartition(":")
+            assert (name.rsplit("/", 1)[-1], image_tag) == (repository, tag), (
+                f"{describe(workload)}/{container['name']} runs {container['image']}"
+            )
+            jobs += workload["kind"] != "Deployment"
+    assert jobs >= 4  # at least feast apply, materialise and the retrain job's two
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
