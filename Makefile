@@ -27,6 +27,12 @@ DATA_ARGS := $(if $(SIZE),--size $(SIZE)) $(if $(SEED),--seed $(SEED)) \
 	$(foreach m,$(MAP),--map $(m))
 
 BENCH_SIZES ?= small,medium
+BENCH_EVENTS ?= 1e5,1e6
+BENCH_CATALOGUES ?= 10000,100000,1000000
+BENCH_FACTORS ?= 32,64,128
+BENCH_REPEATS ?= 3
+BENCH_TIME_BOX ?= 25
+BENCH_ONLY ?=
 BENCH_SERVING_ARGS ?=
 PROFILE ?= smoke
 HOST    ?=
@@ -107,10 +113,10 @@ image-training: setup build/requirements-training.txt ## Jobs' image localhost/s
 image-training-smoke: setup ## Run the k8s jobs' commands (feast apply, materialise, retrain) in that image on data/
 	$(VENV)/bin/python -m training.container smoke
 
-bench: setup ## Benchmarks: data-layer throughput and peak memory per size (BENCH_SIZES=small,medium,large)
-	$(SEGREC) bench --sizes $(BENCH_SIZES)
-	@if [ -f data/features/customer_features.parquet ]; then $(SEGREC) bench --online; \
-	else echo "skipping online feature latency: run make features first"; fi
+bench: setup ## Benchmarks -> reports/bench.{json,html}: data layer, online reads, scoring scale, training stages (BENCH_EVENTS=1e5,1e6,1e7 ...)
+	OPENBLAS_NUM_THREADS=1 $(SEGREC) bench --sizes $(BENCH_SIZES) --events $(BENCH_EVENTS) \
+		--catalogues $(BENCH_CATALOGUES) --factors $(BENCH_FACTORS) --repeats $(BENCH_REPEATS) \
+		--time-box $(BENCH_TIME_BOX) $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 bench-serving: setup ## /recommend p50/p99 at 50 and 200 RPS and max throughput, BentoML vs bare Starlette, one worker (needs make train)
 	$(VENV)/bin/python -m loadtests.latency $(BENCH_SERVING_ARGS)

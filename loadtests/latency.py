@@ -5,10 +5,13 @@
 1. **In process** (a subprocess pinned to the servers' core, before any server starts):
    ``engine.recommend`` alone, end to end, and the same request replayed stage by stage
    from outside the engine -- the online read (Feast's calls, segrec's decoding and ttl
-   checks, the hop to the read-budget pool), the customer's state, each model's scoring,
-   the blend, the filters, the ranking -- then again with the engine prototypes of
-   :mod:`loadtests.bare_app` (``inline_read``, ``switch_1ms``), with garbage-collector
-   pauses counted.
+   checks, the hop to the read-budget pool), the customer's state, the experiment
+   assignment, the tactics rules, each model's scoring, the blend, the filters, the
+   ranking -- then again with the engine prototypes of :mod:`loadtests.bare_app`
+   (``inline_read``, ``switch_1ms``), with garbage-collector pauses counted. The replay
+   must answer exactly what ``engine.recommend`` does (items, tactics, experiment arm,
+   fallback); if it does not for any request the bench says so in red and exits with
+   status 3 (``REPLAY_MISMATCH_EXIT``), after writing its report.
 2. **Servers**: every ``--servers`` entry started as a subprocess (BentoML with one worker,
    the bare app under uvicorn with one worker), pinned to core 0, awaited on ``/readyz``,
    stopped with SIGTERM to its process group at the end, even on error.
@@ -78,6 +81,7 @@ BENTOML_KNOBS = ("nolog", "nometrics", "notrace", "threadsN")
 TRACE_EXCLUDED = "/recommend,/similar,/segment"
 SERVICE_NAME = "Segrec"
 FEAST_READ_DIRECT = "read: online store query (all views)"
+REPLAY_MISMATCH_EXIT = 3  # the bench's exit status when the replay differs from the engine
 
 Send = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 DEGRADED_MARK = b"store_unavailable"  # the fallback of a read past its time budget
@@ -409,10 +413,30 @@ def _time_recommend(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
     return {**stats, "gc": watch.summary(len(ids))}
 
 
-def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
+def _answer_key(answer: Any) -> tuple[Any, ...]:
+    """What a replayed answer must share with ``engine.recommend``'s: the items in order,
+    the tactics that fired (and their outputs) and the experiment arm. Not the scores:
+    they decay with the clock, which moves on between the replay and the check."""
+    experiment = None if answer.experiment is None else answer.experiment.as_json()
+    tactics = json.dumps(answer.tactics.as_json(), sort_keys=True)
+    return (
+        tuple(item["product_id"] for item in answer.items),
+        tactics,
+        json.dumps(experiment, sort_keys=True),
+        answer.fallback,
+    )
+
+
+def replay_breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
     """Replays ``recommend_many`` for one request at a time, stage by stage, with timers
     around the engine's parts from outside (the engine is not edited), and checks the
-    replay answers exactly what ``engine.recommend`` does."""
+    replay answers exactly what ``engine.recommend`` does (``replay_mismatches`` must be
+    0, else the stages are not what the engine runs and the breakdown is wrong).
+
+    Stages in the engine's order: the online read, the customer's state, the experiment
+    assignment, the tactics rules (facts, then rules), each model's scoring, the blend
+    (with the model an experiment arm or a rule chose), the ranking with its filters and
+    the tactics' boosts and filters, the JSON body."""
     import serving.engine as engine_module
     from segrec.blend import blend, normalise
     from serving.engine import RecommendRequest
@@ -449,6 +473,18 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
             timed_rows.read = timers.wrap(FEAST_READ_DIRECT, rows.read)
             setattr(timed_reader, fast_path, timed_rows)
     timed_reader.read_many = timers.wrap("read: reader", timed_reader.read_many)
+    read_now = getattr(timed_reader, "read_many_now", None)  # over the timed rows
+    if read_now is not None:
+        # The budget's inline path (a local SQLite store read on the request's thread):
+        # counted as the reader's work when it answered, else the pooled read follows.
+        def timed_read_now(entity_ids: Sequence[str]) -> Any:
+            started = time.perf_counter()
+            vectors = read_now(entity_ids)
+            if vectors is not None:
+                timers.add("read: reader", time.perf_counter() - started)
+            return vectors
+
+        timed_reader.read_many_now = timed_read_now
     timed_source = timed_reader
     if budgeted:
         # The same pool and budget around the timed reader (swapped in, restored below:
@@ -461,7 +497,7 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
 
     engine_module.score_candidates = score  # type: ignore[assignment]
     engine.rules = TimedRules(original_rules)
-    replayed: list[Any] = []
+    replayed: list[tuple[Any, ...]] = []
     timeouts_before = getattr(source, "timeouts", 0)
     try:
         for customer_id in ids:
@@ -469,49 +505,68 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
             started = time.perf_counter()
             vector = timed_source.read_many([customer_id])[0]
             read = time.perf_counter()
-            customer = engine._customer(vector, engine.clock().timestamp())
+            moment = engine.clock()
+            now = moment.timestamp()
+            customer = engine._customer(vector, now)
             state = time.perf_counter()
+            personalisation = engine.personalisation  # one version per request, as the engine
+            assignment = (
+                personalisation.assign(customer_id, request.placement, customer.segment, moment)
+                if customer.personal
+                else None
+            )
+            assigned = time.perf_counter()
+            facts = engine._facts(request, customer, now)
+            applied = personalisation.tactics.evaluate(
+                facts,
+                personal=customer.personal,
+                rule_set=assignment.rule_set if assignment is not None else None,
+            )
+            tactics = time.perf_counter()
             scores = engine._scores(customer)[None]
             scored = time.perf_counter()
-            totals, parts = blend(normalise(scores), engine._weights(customer)[None])
+            model = engine_module._model_choice(assignment, applied)
+            totals, parts = blend(normalise(scores), engine._weights(customer, model)[None])
             blended = time.perf_counter()
-            answer = engine._rank(request, customer, totals[0], parts[0])
+            answer = engine._rank(request, customer, totals[0], parts[0], applied, assignment)
             ranked = time.perf_counter()
-            json.dumps(
-                {"customer_id": customer_id, "items": answer.items, "segment": answer.segment}
-            )
+            json.dumps(answer.as_json(customer_id))
             done = time.perf_counter()
             timers.add("read: total", read - started)
             timers.add("customer state (fallback, history, segment)", state - read)
-            timers.add("score: total", scored - state)
+            timers.add("experiment assignment", assigned - state)
+            timers.add("tactics (facts, rules)", tactics - assigned)
+            timers.add("score: total", scored - tactics)
             timers.add("blend (normalise, weights)", blended - scored)
-            timers.add("rank: total (filters, sort, item dicts)", ranked - blended)
+            timers.add("rank: total (filters, tactics, sort, item dicts)", ranked - blended)
             timers.add("json encode", done - ranked)
             timers.add("total", done - started)
-            replayed.append([item["product_id"] for item in answer.items])
+            replayed.append(_answer_key(answer))
     finally:
         engine_module.score_candidates = original_score
         engine.rules = original_rules
         if budgeted:
             source.reader = reader
-    # Checked after the timers are gone, so the check's own reads are not counted. Ids
-    # only: scores decay with the clock, which has moved on since the replay.
-    mismatches = sum(
-        items != [item["product_id"] for item in engine.recommend(c, 10).items]
-        for c, items in zip(ids, replayed, strict=True)
-    )
+    # Checked after the timers are gone, so the check's own reads are not counted.
+    mismatched = [
+        c
+        for c, key in zip(ids, replayed, strict=True)
+        if key != _answer_key(engine.recommend(c, 10))
+    ]
+    tactic_requests = sum(bool(json.loads(key[1])["rules"]) for key in replayed)
     samples = timers.samples
     # Derived stages from sums, not per-request differences: a read past the budget
     # finishes in the background, so its timings may land beside another request's.
     feast = sum(samples.get(FEAST_READ_DIRECT, []))
     derived = {
-        "read: segrec decoding, ttl checks and defaults": sum(samples["read: reader"]) - feast
+        "read: segrec decoding, ttl checks and defaults": sum(samples.get("read: reader", []))
+        - feast
     }
     if budgeted:
-        derived["read: hop to the budget's thread pool and back"] = sum(
+        derived["read: time budget (inline check, or the hop to its pool and back)"] = sum(
             samples["read: total"]
         ) - sum(samples["read: reader"])
-    del samples["read: reader"]
+    samples.pop("read: reader", None)
     requests = len(ids)
     total = sum(samples["total"])
     # Per request: a model kind or filter may run several times in one request (three
@@ -528,7 +583,30 @@ def _breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
         )
     }
     timeouts = getattr(source, "timeouts", 0) - timeouts_before
-    return {"stages": stages, "replay_mismatches": mismatches, "read_budget_timeouts": timeouts}
+    return {
+        "stages": stages,
+        "replay_mismatches": len(mismatched),
+        "mismatched_customers": list(dict.fromkeys(mismatched))[:20],
+        "requests_with_tactics": tactic_requests,
+        "read_budget_timeouts": timeouts,
+    }
+
+
+def replay_failure(inprocess: dict[str, Any] | None) -> str | None:
+    """The loud message when the stage-by-stage replay differed from the engine (its
+    stage figures then describe some other code path), else None."""
+    found = inprocess or {}
+    breakdown = found.get("breakdown", {})
+    count = breakdown.get("replay_mismatches", 0)
+    if not count:
+        return None
+    return (
+        f"REPLAY MISMATCH: the stage-by-stage replay answered differently from "
+        f"engine.recommend for {count} of {found.get('requests', '?')} requests "
+        f"(e.g. {', '.join(breakdown.get('mismatched_customers', [])[:3])}): the replay "
+        "no longer runs what the engine runs, so the stage breakdown is wrong. Update "
+        "loadtests/latency.py:replay_breakdown to follow RecommendationEngine.recommend_many."
+    )
 
 
 def measure_inprocess(requests: int, seed: int, patches: Sequence[str] = ENGINE_PATCHES) -> dict:
@@ -548,7 +626,7 @@ def measure_inprocess(requests: int, seed: int, patches: Sequence[str] = ENGINE_
         "requests": requests,
         "engine_load_seconds": round(load_seconds, 1),
         "gc_tracked_objects_after_load": len(gc.get_objects()),
-        "breakdown": _breakdown(engine, ids),
+        "breakdown": replay_breakdown(engine, ids),
         "variants": {"baseline": _time_recommend(engine, ids)},
     }
     applied: list[str] = []
@@ -582,15 +660,19 @@ def run_inprocess_subprocess(
         "--out",
         str(out),
     ]
+    out.unlink(missing_ok=True)
     with (out_dir / "inprocess.log").open("wb") as log:
-        subprocess.run(
+        done = subprocess.run(
             command,
             cwd=PROJECT_ROOT,
-            check=True,
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=pin_to_core(core),
         )
+    # A replay mismatch still writes its figures (and exits REPLAY_MISMATCH_EXIT): the
+    # caller reports it; anything else is a crash.
+    if done.returncode not in (0, REPLAY_MISMATCH_EXIT) or not out.exists():
+        raise subprocess.CalledProcessError(done.returncode, command)
     return dict(json.loads(out.read_text()))
 
 
@@ -840,11 +922,9 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(table)
     inprocess = report.get("inprocess")
-    if inprocess and inprocess["breakdown"]["replay_mismatches"]:
-        console.print(
-            f"[red]the stage-by-stage replay differed from engine.recommend for "
-            f"{inprocess['breakdown']['replay_mismatches']} requests: the breakdown is off"
-        )
+    failure = replay_failure(inprocess)
+    if failure:
+        console.print(f"[bold white on red]{failure}")
     if inprocess:
         table = Table(title="engine.recommend in process (ms per request)")
         for column in ("stage", "ms per request", "calls", "share"):
@@ -943,6 +1023,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["inprocess"] = run_inprocess_subprocess(
             args.inprocess_requests, args.seed, ENGINE_PATCHES, server_core, out_dir
         )
+        failure = replay_failure(report["inprocess"])
+        report["inprocess"]["replay_ok"] = failure is None
+        if failure:
+            # Said now, not only after the HTTP steps; the run still exits non-zero.
+            print(failure, file=sys.stderr)
     sampler = IdSampler(customer_ids(settings.features_dir), seed=args.seed)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="latency-") as tmp:
         urls = {}
@@ -1016,8 +1101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out.write_text(text + "\n")
         else:
             print(text)
-        return
-    run(args)
+        failure = replay_failure(answer)
+    else:
+        failure = replay_failure(run(args).get("inprocess"))
+    if failure:
+        print(failure, file=sys.stderr)
+        raise SystemExit(REPLAY_MISMATCH_EXIT)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """``make soak``: the storefront mix at a set rate for a long while, watching the server.
 
-``python -m loadtests.soak [--duration 600] [--rps 200] [--workers N] [--host URL
+``python -m loadtests.soak [--duration 600] [--rps 200] [--workers N] [--no-pin] [--host URL
 --server-pid PID]``
 
 Starts ``bentoml serve`` over a scratch copy of the online store (as ``make loadtest``
-does) unless ``--host`` is given, then runs the ``steady`` profile (``loadtests.run``: the
+does, pinned to one core and the load generator to another unless ``--no-pin``) unless
+``--host`` is given, then runs the ``steady`` profile (``loadtests.run``: the
 same traffic, budgets p95 50 ms, p99 100 ms, failure ratio 0.1%) at ``--rps`` for
 ``--duration`` seconds while a watcher
 
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rps", type=float, default=200.0, help="set rate (200 req/s)")
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers (own server)")
     parser.add_argument("--host", help="test this service instead of starting one")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
     parser.add_argument("--server-pid", type=int, help="pid of --host's server (for RSS, fds)")
     parser.add_argument("--max-rss-growth", type=float, default=0.05, help="0.05 = 5%%")
     parser.add_argument("--max-fd-growth", type=int, default=10, help="descriptors")
@@ -229,12 +231,22 @@ def _server(
         "BENTOML_HOME": os.environ.get("BENTOML_HOME") or str(settings.bentoml_store.resolve()),
         "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {"Segrec": {"workers": args.workers}}}),
     }
+    server_core, client_core, pinning = loadtest.choose_cores(args.no_pin)
     print(f"starting bentoml serve with {args.workers} worker(s) on {url} ...")
     service = stack.enter_context(
         running_service(
-            bentoml_command(loadtest.SERVICE_TARGET, port), url, out / "server.log", env
+            bentoml_command(loadtest.SERVICE_TARGET, port),
+            url,
+            out / "server.log",
+            env,
+            core=server_core,
         )
     )
+    if client_core is not None:
+        # Locust (a child of this process), the probes and the sampler stay off the
+        # server's core, as `make loadtest` does.
+        os.sched_setaffinity(0, {client_core})
+    print(f"pinning: {pinning}")
     return url, service.pid
 
 

@@ -465,8 +465,31 @@ def run_bento(settings: Settings) -> str:
 @app.command()
 def bench(
     sizes: Annotated[
-        str, typer.Option(help="Comma-separated synthetic sizes to measure, e.g. small,large.")
+        str, typer.Option(help="Data bench: comma-separated synthetic sizes, e.g. small,large.")
     ] = "small,medium",
+    events: Annotated[
+        str, typer.Option(help="Training bench: event counts, e.g. 1e5,1e6,1e7.")
+    ] = "1e5,1e6",
+    catalogues: Annotated[
+        str, typer.Option(help="Scale bench: catalogue sizes (items).")
+    ] = "10000,100000,1000000",
+    factors: Annotated[str, typer.Option(help="Scale bench: factor sizes.")] = "32,64,128",
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Runs behind each figure (median, min and max).")
+    ] = 3,
+    time_box: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Training bench: minutes the runs of one event count may take (predicted "
+            "from the counts before it): fewer repeats when they would take longer, none "
+            "(extrapolated instead) when one run would (0 = no limit).",
+        ),
+    ] = 25.0,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Only these parts: data,online,scale,training,report (default: all)."),
+    ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the generated benchmark data.")] = False,
     online: Annotated[
         bool,
@@ -476,13 +499,12 @@ def bench(
     ] = False,
     reads: Annotated[int, typer.Option(help="Reads per run for --online.")] = 1000,
 ) -> None:
-    """Measure generation, import and cleaning throughput and peak memory per size.
+    """Benchmarks: data layer, online reads, scoring scale, training stages, one report.
 
-    Writes reports/bench/data.json and reports/bench/data.png. Never part of make test.
+    Writes reports/bench/<part>.json per part (data also data.png) and gathers them into
+    reports/bench.json and reports/bench.html. Never part of make test.
     """
-    import shutil
-
-    from training.data.benchmark import run_benchmark
+    from training.benchmarks import suite
 
     settings = get_settings()
     if online:
@@ -492,15 +514,80 @@ def bench(
     unknown = [s for s in chosen if s not in Size.__members__]
     if unknown or not chosen:
         _fail(f"--sizes takes sizes from {', '.join(Size.__members__)}; got {sizes!r}")
+    try:
+        parts = suite.parse_parts(only) if only is not None else list(suite.PARTS)
+        counts = suite.parse_counts(events, "--events", minimum=1000, maximum=100_000_000)
+        items = suite.parse_counts(catalogues, "--catalogues", minimum=100, maximum=2_000_000)
+        dims = suite.parse_counts(factors, "--factors", minimum=2, maximum=512)
+    except ValueError as error:
+        _fail(str(error))
+    say = console.print
+    bench_dir = settings.reports_dir / "bench"
+    if "data" in parts:
+        run_data_bench(settings, chosen, repeats, keep)
+    if "online" in parts:
+        if (settings.features_dir / "customer_features.parquet").exists():
+            run_online_bench(settings, reads)
+        elif only is not None:
+            _fail(f"no features in {settings.features_dir}: run `make features` first")
+        else:
+            say("skipping online feature latency: run `make features` first")
+    if "scale" in parts:
+        from training.benchmarks.report import scale_grids
+
+        scale = suite.run_scale(settings, items, dims, repeats, progress=say)
+        _print_grids(scale_grids(scale))
+        say(
+            f"Scale -> {bench_dir / 'scale.json'}; exhaustive scoring exceeds "
+            f"{scale['budget_ms']:g} ms p99 above ~{scale['ann_needed_above_items'] or 'never'} "
+            "items (ANN needed beyond)"
+        )
+    if "training" in parts:
+        from training.benchmarks.report import training_grids
+
+        try:
+            training = suite.run_training(settings, counts, repeats, time_box, progress=say)
+        except RuntimeError as error:
+            _fail(str(error))
+        _print_grids(training_grids(training))
+        say(f"Training -> {bench_dir / 'training.json'}")
+    if "report" in parts:
+        from training.benchmarks.report import write_report
+
+        try:
+            json_path, html_path = write_report(settings.reports_dir)
+        except FileNotFoundError as error:
+            _fail(str(error))
+        say(f"Benchmark report -> {json_path} and {html_path}")
+
+
+def _print_grids(grids: list[tuple[str, list[str], list[list[object]]]]) -> None:
+    from rich.markup import escape
+
+    wide = Console(width=max(console.width, 180))  # a dozen columns of figures
+    for caption, header, rows in grids:
+        table = Table(title=escape(caption))
+        for column in header:
+            table.add_column(escape(column))
+        for row in rows:
+            table.add_row(*(escape(str(cell)) for cell in row))
+        wide.print(table)
+
+
+def run_data_bench(settings: Settings, sizes: list[str], repeats: int, keep: bool) -> None:
+    import shutil
+
+    from training.data.benchmark import run_benchmark
+
     workdir = settings.data_dir / "bench"
     try:
-        run_benchmark(chosen, settings.seed, workdir, settings.reports_dir)
+        run_benchmark(sizes, settings.seed, workdir, settings.reports_dir, repeats)
     except RuntimeError as error:
         _fail(str(error))
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    console.print(f"Benchmark -> {settings.reports_dir / 'bench' / 'data.json'} and data.png")
+    console.print(f"Data bench -> {settings.reports_dir / 'bench' / 'data.json'} and data.png")
 
 
 def run_online_bench(settings: Settings, reads: int) -> None:

@@ -423,8 +423,29 @@ def score_category_popularity(
     return _finish(popularity[cand] * category_lift[category[cand]] * band_lift[band[cand]], valid)
 
 
+def score_new_arrivals(
+    arrays: Arrays, state: CustomerState, candidates: np.ndarray | None
+) -> np.ndarray:
+    """Launch recency re-weighted to the customer's taste:
+    ``0.5 ** (launch_age / half_life) * lift_category(i) * lift_band(i)`` (lifts as in
+    :func:`score_category_popularity`). Launch ages are as of the bundle's reference time;
+    later ages shift every item alike, which scales every score alike.
+
+    Arrays: ``launch_age_days``, ``freshness_half_life_days``, ``item_category``,
+    ``category_prior``, ``item_band``, ``band_prior``, ``event_weights``,
+    ``half_life_days``, ``prior_strength``.
+    """
+    age = arrays["launch_age_days"]
+    category, category_lift = _lift(arrays, state, "category")
+    band, band_lift = _lift(arrays, state, "band")
+    cand, valid = _candidates(candidates, len(age))
+    fresh = decay(age[cand], float(arrays["freshness_half_life_days"]))
+    return _finish(fresh * category_lift[category[cand]] * band_lift[band[cand]], valid)
+
+
 SCORERS: dict[str, Scorer] = {
     "category_popularity": score_category_popularity,
+    "new_arrivals": score_new_arrivals,
     "popularity": score_popularity,
     "buy_again": score_buy_again,
     "svd": score_svd,

@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         description="Online feature read budget per request; a slower store answers with the "
         "store_unavailable fallback instead of waiting.",
     )
+    bench_request_budget_ms: float = Field(
+        15.0,
+        gt=0,
+        description="p99 goal of one /recommend on one worker (make bench-serving's goal at "
+        "200 req/s); make bench reports the catalogue size at which scoring every item "
+        "alone takes it all, past which candidates need approximate retrieval (ANN).",
+    )
     max_request_bytes: int = Field(
         1_000_000, ge=1024, description="Largest request body the service accepts (413 above)."
     )
@@ -340,11 +347,31 @@ class Settings(BaseSettings):
     search_max_seconds: float = Field(
         90.0,
         ge=0,
-        description="Time budget of the ALS and SVD hyperparameter search on validation "
-        "(0 = keep the defaults).",
+        description="Safety cap on the time of the ALS, SVD and new-arrivals "
+        "hyperparameter search on validation (0 = keep the defaults).",
+    )
+    search_max_trials: int = Field(
+        8,
+        ge=1,
+        description="Candidates tried per searched model (defaults first, then a seeded "
+        "order): what bounds the search, so reruns pick the same parameters.",
     )
     trending_half_life_days: float = Field(
         14.0, gt=0, description="Half-life of the trending popularity model."
+    )
+    new_arrivals_half_life_days: float = Field(
+        21.0,
+        gt=0,
+        description="Days after launch (first seen) at which the new-arrivals model finds a "
+        "product half as fresh; the hyperparameter search on validation may pick 7 or 60.",
+    )
+    blend_new_arrivals_tolerance: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="New-product rule: the new-arrivals weight is raised to the largest floor "
+        "(0 to 0.3) whose validation NDCG is within this share of the best floor's and no "
+        "worse than the best single model's (0 = only floors that do not cost NDCG).",
     )
 
     repeat_categories: tuple[str, ...] = Field(

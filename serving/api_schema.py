@@ -6,8 +6,8 @@ that clients (and schemathesis, which tests the service against it) rely on:
 - optional fields (``str | None``) lose their ``null`` in the inline request schemas;
 - request bodies with required fields are not marked as required;
 - error answers are documented with a ``detail`` string, while validation errors carry
-  a list, and statuses the service does answer (413, 415, 429, 503, 504, the admin
-  401/403/409) are missing.
+  a list, and statuses the service does answer (413, 415, 429 and 503 with Retry-After,
+  504, the admin 401/403/409) are missing.
 
 :class:`HonestOpenAPI` serves the corrected document in place of BentoML's; everything
 else passes through untouched.
@@ -36,19 +36,29 @@ ERROR_SCHEMA: Spec = {
         "detail": {"description": "Validation errors, one per field (a list), or text."},
     },
 }
-# Statuses every JSON API can answer besides its own: bad input, a body over the size
-# limit or not JSON, no bundle loaded yet (503), and a server fault.
+# Statuses every JSON API can answer besides its own, each with our JSON error body: bad
+# input, a body over the size limit or not JSON, a server fault, not available (503) and
+# overloaded (429, from serving.limits.ConcurrencyLimit).
 API_ERRORS = {
     "400": "Bad Request: a field is missing or invalid",
     "413": "Payload Too Large: the body exceeds SEGREC_MAX_REQUEST_BYTES",
     "415": "Unsupported Media Type: send the body as application/json",
     "500": "Internal Server Error",
-    "503": "Service Unavailable: no bundle loaded yet",
+    "503": "Service Unavailable: no bundle loaded yet, or (POST /events, /admin/erase) the "
+    "shared store that keeps pods consistent is out of reach; nothing was written. "
+    "Retry after the Retry-After header's seconds",
+    "429": "Too Many Requests: more than SEGREC_MAX_CONCURRENCY in flight in this pod; "
+    "retry after the Retry-After header's seconds",
 }
-# BentoML's own answers when overloaded (serving.service's traffic settings); their body
-# is BentoML's, so no schema is promised.
-OVERLOAD = {
-    "429": "Too Many Requests: more than SEGREC_MAX_CONCURRENCY in flight; retry later",
+# These answers tell the client when to come back.
+RETRY_AFTER = {"503", "429"}
+RETRY_AFTER_HEADER: Spec = {
+    "description": "Seconds to wait before retrying (SEGREC_RETRY_AFTER_SECONDS)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+# BentoML's own answer past the request timeout; its body is BentoML's, so no schema is
+# promised.
+TIMEOUT = {
     "504": "Gateway Timeout: the request ran past its time limit; the next one is served",
 }
 ADMIN_ERRORS = {
@@ -80,7 +90,9 @@ def honest_spec(spec: Spec) -> Spec:
                     "description": text,
                     "content": {"application/json": {"schema": ERROR}},
                 }
-            for status, text in OVERLOAD.items():
+                if status in RETRY_AFTER:
+                    responses[status]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+            for status, text in TIMEOUT.items():
                 responses[status] = {"description": text}
             if path.startswith(ADMIN_PREFIX):
                 operation["security"] = [{"bearer": []}]

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from segrec.blend import blend, normalise, weights_for
 from segrec.filters import FilterRules
-from training.models.blend_fit import SegmentBlender, ndcg_at_k
+from segrec.settings import Settings
+from tests.recommender_contract import TOY_END, checkerboard
+from training.models.blend_fit import SegmentBlender, floored, ndcg_at_k
+from training.models.interactions import Interactions
+from training.train.evaluate import blended_scores
+from training.train.stacks import (
+    exclude,
+    fit_models,
+    make_models,
+    relevant_mask,
+    score_stack,
+    seen_mask,
+)
 
 
 def _case(rng: np.random.Generator, n: int, informative: int, n_models: int = 3):
@@ -83,3 +96,161 @@ def test_filters_stock_repeat_categories_and_diversity() -> None:
     assert rules.diversify(np.array([3, 4, 1, 5, 0]), k=4).tolist() == [3, 4, 1, 5]
     capped = FilterRules(rules.in_stock, rules.category, rules.repeat_category, max_per_category=1)
     assert capped.diversify(np.array([3, 4, 1, 5, 0]), k=4).tolist() == [3, 1, 5]
+
+
+def _blend_ndcg(blender: SegmentBlender, stack, relevant, segments) -> float:
+    scores = blended_scores(stack, blender, segments)
+    return float(ndcg_at_k(scores, relevant, relevant.sum(1), blender.k).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_blend_is_never_worse_than_the_best_single_model_on_validation(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, items = 120, 40
+    relevant = rng.random((n, items)) < 0.08
+    relevant[np.arange(n), rng.integers(0, items, n)] = True
+    # Models of mixed use: noise, a weak and a strong signal, and one that knows half.
+    strength = np.array([0.0, 0.3, 1.0, 2.0])
+    stack = rng.random((n, 4, items)) + strength[None, :, None] * relevant[:, None, :]
+    stack[: n // 2, 3] = rng.random((n // 2, items))
+    stack = normalise(stack)
+    segments = rng.integers(0, 3, n)
+    blender = SegmentBlender(min_customers=30, floor_model=1, floor_tolerance=0.05).fit(
+        stack, relevant, relevant.sum(1), segments
+    )
+    singles = [ndcg_at_k(stack[:, m], relevant, relevant.sum(1), 10).mean() for m in range(4)]
+    assert blender.single_ndcg_ == pytest.approx(singles, abs=1e-5)
+    assert _blend_ndcg(blender, stack, relevant, segments) >= max(singles) - 1e-9
+
+
+def test_new_product_floor_is_the_largest_that_validation_allows() -> None:
+    rng = np.random.default_rng(5)
+    n, items = 200, 30
+    relevant = np.zeros((n, items), dtype=bool)
+    relevant[np.arange(n), rng.integers(0, items, n)] = True
+    stack = rng.random((n, 3, items))
+    stack[:, 0] += 1.5 * relevant  # knows most customers
+    stack[:40, 2] += 3.0 * relevant[:40]  # the new-products model: knows a fifth, sharply
+    stack = normalise(stack)
+    segments = np.zeros(n, dtype=int)
+    for tolerance in (0.0, 0.05):
+        blender = SegmentBlender(floor_model=2, floor_tolerance=tolerance).fit(
+            stack, relevant, relevant.sum(1), segments
+        )
+        floor = blender.new_product_floor_
+        values = {float(f): v for f, v in blender.floor_ndcg_.items()}
+        best = max(values.values())
+        allowed = [
+            f
+            for f, v in values.items()
+            if v >= (1 - tolerance) * best - 1e-5 and v >= max(blender.single_ndcg_) - 1e-5
+        ]
+        assert floor == max(allowed)
+        assert (blender.segment_weights_[:, 2] >= floor - 1e-12).all()
+        assert blender.global_weights_[2] >= floor - 1e-12
+        np.testing.assert_allclose(blender.segment_weights_.sum(axis=1), 1.0)
+    assert floor > 0  # with 5% to spare, the new-products model keeps a share
+    assert floored(np.array([[0.6, 0.4, 0.0], [0.1, 0.1, 0.8]]), 2, 0.3).round(3).tolist() == [
+        [0.42, 0.28, 0.3],
+        [0.1, 0.1, 0.8],
+    ]
+
+
+def test_repeat_model_weight_is_fitted_where_repeats_count() -> None:
+    rng = np.random.default_rng(9)
+    n, items = 100, 30
+    relevant = np.zeros((n, items), dtype=bool)
+    relevant[np.arange(n), rng.integers(0, items, n)] = True
+    stack = rng.random((n, 3, items))
+    stack[:, 1] += 2.0 * relevant
+    stack[:, 2] = 0.0  # the repeat model cannot score new items
+    stack = normalise(stack)
+    # Where repeats count, half the relevant items are repeats only the repeat model knows.
+    repeat_relevant = relevant.copy()
+    repeat_relevant[np.arange(n), rng.integers(0, items, n)] = True
+    repeat_stack = stack.copy()
+    repeat_stack[:, 2] = normalise(rng.random((n, items)) + 2.0 * (repeat_relevant & ~relevant))
+    segments = np.zeros(n, dtype=int)
+    plain = SegmentBlender(repeat_model=2).fit(stack, relevant, relevant.sum(1), segments)
+    assert plain.global_weights_[2] == 0.0 and plain.repeat_share_ == {}
+    blender = SegmentBlender(repeat_model=2).fit(
+        stack,
+        relevant,
+        relevant.sum(1),
+        segments,
+        repeats=(repeat_stack, repeat_relevant, repeat_relevant.sum(1), segments),
+    )
+    share = blender.repeat_share_["global"]
+    assert 0 < share < 1
+    np.testing.assert_allclose(blender.global_weights_[:2], (1 - share) * plain.global_weights_[:2])
+    assert _blend_ndcg(blender, repeat_stack, repeat_relevant, segments) > _blend_ndcg(
+        plain, repeat_stack, repeat_relevant, segments
+    )
+    # New items rank as before: the repeat model scores them all alike.
+    assert _blend_ndcg(blender, stack, relevant, segments) == pytest.approx(
+        _blend_ndcg(plain, stack, relevant, segments)
+    )
+
+
+def test_a_freshly_launched_product_of_the_favourite_category_reaches_the_blend() -> None:
+    """Validation: everyone buys one of their category's new products; test: a product
+    launched after the last event, in the customer's category, is in their top 10."""
+    events, products, segments = checkerboard()
+    launches = []
+    # Products nobody has touched yet: V ones sell in validation, T ones are launched last.
+    for tag, count in (("V", 3), ("T", 1)):
+        for group, category in ((0, "garden"), (1, "kitchen")):
+            for n in range(count):
+                launches.append(
+                    {
+                        "product_id": f"P{group}{tag}{n}",
+                        "category": category,
+                        "title": f"new {category} {n}",
+                        "description": category,
+                        "brand": "Novo",
+                        "price": 10.0 + 20 * group,
+                    }
+                )
+    catalogue = pd.concat([products, pd.DataFrame(launches)], ignore_index=True)
+    customers = sorted(events["customer_id"].unique())
+    bought = pd.DataFrame(
+        {
+            "customer_id": customers,
+            "product_id": [f"P{c[1]}V{i % 3}" for i, c in enumerate(customers)],
+            "ts": TOY_END + pd.Timedelta(days=5),
+            "type": "purchase",
+            "value": np.nan,
+        }
+    )
+    settings = Settings()
+    train = Interactions.from_events(
+        events, products=catalogue, segments=segments, reference_time=TOY_END
+    )
+    models = fit_models(make_models(settings), train)
+    index = train.customers.index(customers)
+    held = [train.items.index([p]) for p in bought["product_id"]]
+    stack = exclude(score_stack(models, train, index), seen_mask(train, index))
+    names = list(models)
+    relevant = relevant_mask(held, train.n_items)
+    blender = SegmentBlender(
+        repeat_model=names.index("buy_again"), floor_model=names.index("new_arrivals")
+    ).fit(stack, relevant, relevant.sum(1), np.asarray(train.segments))
+    assert blender.global_weights_[names.index("new_arrivals")] > 0
+
+    after = Interactions.from_events(
+        pd.concat([events, bought], ignore_index=True),
+        products=catalogue,
+        segments=segments,
+        reference_time=TOY_END + pd.Timedelta(days=10),
+    )
+    models = fit_models(make_models(settings), after)
+    index = after.customers.index(customers)
+    scores = blended_scores(
+        exclude(score_stack(models, after, index), seen_mask(after, index)),
+        blender,
+        np.asarray(after.segments),
+    )
+    for row, customer in enumerate(customers):
+        ranking = after.items.ids(np.argsort(-scores[row], kind="stable")).tolist()
+        own, other = f"P{customer[1]}T0", f"P{1 - int(customer[1])}T0"
+        assert ranking.index(own) < min(10, ranking.index(other)), (customer, ranking[:10])

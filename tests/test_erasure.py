@@ -41,6 +41,7 @@ from training.data.raw import RawDataset
 from training.features.build import build_features
 from training.features.local_redis import redis_server
 from training.features.materialize import apply_and_materialise
+from training.features.sessions import write_sessions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,6 +118,9 @@ def test_erasure_leaves_nothing_of_the_customer(workspace: Workspace) -> None:
     raw_id, pseudonym, profile = _a_customer_with_everything(settings)
     product = str(pd.read_parquet(settings.clean_dir / "products.parquet")["product_id"][0])
     _log_activity(settings, pseudonym, product)
+    # The live sessions' offline copy, replayed from the log as make features does.
+    sessions = write_sessions(settings, {}).path
+    assert pseudonym in set(pd.read_parquet(sessions)["customer_id"])
     reader = OnlineFeatureReader(workspace.store, "customer_serving_v1", "customer_id")
     assert "customer_profile:age" not in reader.read(pseudonym).missing  # there before
 
@@ -124,6 +128,10 @@ def test_erasure_leaves_nothing_of_the_customer(workspace: Workspace) -> None:
 
     assert report.customer == pseudonym and not report.already_suppressed
     assert report.online_rows >= 1
+    assert report.parquet_rows.get("features/customer_sessions.parquet") == 1
+    assert pseudonym not in set(pd.read_parquet(sessions)["customer_id"])
+    rebuilt = write_sessions(settings, {}).path  # the log lines went too
+    assert pseudonym not in set(pd.read_parquet(rebuilt)["customer_id"])
     assert any(path.startswith("clean/") for path in report.parquet_rows)
     assert any(path.startswith("raw/") for path in report.parquet_rows)
     assert sum(report.log_lines.values()) >= 2  # the live event and the exposure

@@ -19,11 +19,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from feast import FeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from segrec.feature_store import open_store
-from segrec.live_session import LiveEvent, LiveSessionWriter
+from segrec.feature_store import load_definitions, open_store
+from segrec.live_session import (
+    SESSION_FIELDS,
+    SESSION_PUSH_SOURCE,
+    SESSION_VIEW,
+    LiveEvent,
+    LiveSessionWriter,
+    SessionState,
+    from_stored,
+    session_frame,
+)
 from segrec.online_features import FeatureVector, OnlineFeatureReader
 from segrec.settings import Settings
 from serving.feature_budget import BudgetedFeatureSource
@@ -126,6 +136,86 @@ def test_features_older_than_their_ttl_count_as_missing(feast: FeastSetup) -> No
     assert vector.stale_views == ["customer_behaviour"], "behaviour ttl 90d, profile 730d"
     assert vector.values["frequency"] == 0 and "customer_behaviour:frequency" in vector.missing
     assert vector.values["country"] == _newest_row(feast, customer_id)["country"]
+
+
+def test_the_session_push_source_feeds_exactly_the_view_events_are_written_to(
+    feast: FeastSetup,
+) -> None:
+    # LiveSessionWriter writes to SESSION_VIEW directly rather than through Feast's push();
+    # a second view on the push source would silently miss the live sessions.
+    fed = [
+        name
+        for name, obj in load_definitions(feast.settings).items()
+        if isinstance(obj, FeatureView)
+        and obj.stream_source is not None
+        and obj.stream_source.name == SESSION_PUSH_SOURCE
+    ]
+    assert fed == [SESSION_VIEW]
+
+
+def test_the_session_writer_stores_what_feasts_own_write_stores(feast: FeastSetup) -> None:
+    view = feast.store.get_feature_view(SESSION_VIEW)
+    provider = feast.store._get_provider()
+    # Customers the other tests of this module leave alone (their store is shared).
+    ids = feast.customers["customer_id"].drop_duplicates().iloc[-6:-2].tolist()
+
+    def stored(customers: list[str]) -> list[tuple[Any, dict[str, bytes]]]:
+        keys = [
+            EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=c)])
+            for c in customers
+        ]
+        rows = provider.online_read(feast.store.config, view, keys)
+        return [(ts, {k: v.SerializeToString() for k, v in (vs or {}).items()}) for ts, vs in rows]
+
+    sessions = [
+        SessionState(
+            "s-1",
+            session_views=3,
+            session_carts=1,
+            cart_value=12.5,
+            last_event_unix=1_700_000_123,
+            viewed_items=("P1", "P2"),
+            carted_items=("P2",),
+            categories_touched=("shoes", "bags"),
+        ),
+        SessionState("s-2", session_views=1, last_event_unix=1_700_000_456),  # empty lists
+    ]
+    # The same sessions for two customers through Feast's write, two through ours.
+    by_feast = dict(zip(ids[:2], sessions, strict=True))
+    by_writer = dict(zip(ids[2:], sessions, strict=True))
+    feast.store.write_to_online_store(SESSION_VIEW, session_frame(by_feast.items()))
+    LiveSessionWriter(feast.store, {}, dt.timedelta(minutes=30)).push(by_writer)
+    assert stored(ids[2:]) == stored(ids[:2])
+    assert [len(values) for _, values in stored(ids[2:])] == [len(SESSION_FIELDS)] * 2
+    # Read back as Feast's get_online_features returns them, a customer without a session
+    # included.
+    customers = [*ids, "c_never_seen"]
+    writer = LiveSessionWriter(feast.store, {}, dt.timedelta(minutes=30))
+    feasts = feast.store.get_online_features(
+        features=[f"{SESSION_VIEW}:{name}" for name in SESSION_FIELDS],
+        entity_rows=[{"customer_id": c} for c in customers],
+    ).to_dict()
+    expected = {
+        c: from_stored({name: feasts[name][i] for name in SESSION_FIELDS})
+        for i, c in enumerate(customers)
+    }
+    assert writer.current(customers) == expected
+    assert expected[ids[0]] == expected[ids[2]] == sessions[0]
+    assert expected["c_never_seen"] is None
+
+
+def test_batches_within_one_second_or_late_all_reach_the_session(feast: FeastSetup) -> None:
+    # Redis keeps a write only when it is newer than the stored row, and sessions are
+    # stamped with whole-second event times.
+    customer = feast.customers["customer_id"].drop_duplicates().iloc[-1]
+    writer = LiveSessionWriter(feast.store, {}, dt.timedelta(minutes=30))
+    now = feast.newest.to_pydatetime().replace(microsecond=100_000)
+    for offset, product in ((0.0, "P1"), (0.3, "P2"), (-4.0, "P3")):  # the last one late
+        when = now + dt.timedelta(seconds=offset)
+        writer.apply([LiveEvent(customer, product, "view", when, session_id="s-fast")])
+    session = writer.current([customer])[customer]
+    assert session is not None and session.session_views == 3
+    assert set(session.viewed_items) == {"P1", "P2", "P3"}
 
 
 def test_pushed_events_show_in_the_next_read(feast: FeastSetup) -> None:

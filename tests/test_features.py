@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Dataset
+from segrec.event_log import EventLog
+from segrec.feature_store import load_definitions
+from segrec.live_session import (
+    SESSION_FIELDS,
+    SESSION_VIEW,
+    LiveEvent,
+    LiveSessionWriter,
+    stored_values,
+)
+from segrec.settings import Settings
+from segrec.suppression import SuppressionList
+from tests.conftest import Dataset, feast_workspace
 from training.data.tables import write_table
+from training.features.build import build_features
 from training.features.customer import customer_features
 from training.features.inputs import load_inputs
+from training.features.materialize import apply_definitions
 from training.features.product import product_features
+from training.features.sessions import SESSION_FILE
 
 UTC = "UTC"
 
@@ -276,3 +294,184 @@ def test_features_build_on_imported_exports(tmp_path: Path, fmt: str, source: st
         assert (newest["frequency"] > 0).all(), "every imported customer bought something"
     if fmt == "movielens":
         assert (newest["ratings"] > 0).all()
+
+
+# ---- the live sessions' offline copy ----------------------------------------------------
+@dataclass
+class SessionStore:
+    settings: Settings
+    store: Any
+    categories: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def session_store(tiny: Dataset, tmp_path_factory: pytest.TempPathFactory) -> SessionStore:
+    """The tiny storefront's features built with no live events yet, Feast applied."""
+    settings = feast_workspace(tmp_path_factory.mktemp("sessions"), tiny)
+    build_features(settings, progress=False)
+    store, _ = apply_definitions(settings)
+    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    categories = dict(zip(products["product_id"], products["category"], strict=True))
+    return SessionStore(settings, store, categories)
+
+
+def _offline_sessions(store: Any, rows: list[tuple[str, pd.Timestamp]]) -> pd.DataFrame:
+    """The customer_session view as of each (customer, time), through Feast's offline store."""
+    entity_df = pd.DataFrame(
+        {"customer_id": [c for c, _ in rows], "event_timestamp": [t for _, t in rows]}
+    )
+    features = [f"{SESSION_VIEW}:{name}" for name in SESSION_FIELDS]
+    found = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    return entity_df.merge(found, on=["customer_id", "event_timestamp"], how="left")
+
+
+def _plain(value: Any) -> Any:
+    """A value as Python compares it: arrays and lists as lists, missing as None."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [str(v) for v in value]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@pytest.mark.integration
+def test_an_empty_event_log_gives_an_empty_session_file_feast_reads(
+    session_store: SessionStore,
+) -> None:
+    import pyarrow.parquet as pq
+
+    settings = session_store.settings
+    path = settings.features_dir / SESSION_FILE
+    assert pq.read_metadata(path).num_rows == 0
+    schema = pq.read_schema(path)
+    view = load_definitions(settings)[SESSION_VIEW]
+    assert schema.names == ["customer_id", *(f.name for f in view.features), "event_timestamp"]
+    # Arrow types the view's Feast types stand for.
+    kinds = {"String": "string", "Int64": "int64", "Float64": "double"}
+    for field in view.features:
+        name = str(field.dtype).removeprefix("Array(").removesuffix(")")
+        expected = kinds[name]
+        arrow = str(schema.field(field.name).type)
+        assert arrow == (f"list<element: {expected}>" if "Array" in str(field.dtype) else expected)
+    found = _offline_sessions(session_store.store, [("c_000000000000000a", _ts("2026-11-01"))])
+    assert len(found) == 1 and found["session_id"].isna().all()
+
+
+@pytest.mark.integration
+def test_offline_sessions_equal_what_post_events_pushed_online(
+    session_store: SessionStore,
+) -> None:
+    """Batches as ``POST /events`` handles them (logged durably, then folded into the
+    online sessions); ``make features`` replays the log, and Feast's offline read of the
+    view at each batch's time equals the online session right after that batch."""
+    settings, store = session_store.settings, session_store.store
+    products = sorted(session_store.categories)
+    p1, p2, p3, p4 = products[:4]
+    a, b, erased = "c_00000000000000a1", "c_00000000000000b2", "c_00000000000000e3"
+    SuppressionList(settings.suppression_file).add(erased)
+    start = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC)
+
+    def at(minutes: float) -> dt.datetime:
+        return start + dt.timedelta(minutes=minutes)
+
+    ids = itertools.count()
+
+    def event(customer: str, product: str, kind: str, minutes: float, **extra: Any) -> LiveEvent:
+        return LiveEvent(customer, product, kind, at(minutes), event_id=f"e{next(ids)}", **extra)
+
+    batches = [
+        [
+            event(a, p1, "view", 0, session_id="s1"),
+            event(a, p2, "add_to_cart", 1, quantity=2, price=3.5, session_id="s1"),
+            event(a, p3, "add_to_cart", 1.5, price=10.0, session_id="s1"),
+            event(b, p3, "view", 0.5),
+            event(erased, p1, "view", 0.5),
+        ],
+        # The online store keeps the cart's value, not its lines: the next batch spreads
+        # 17.0 over p2 and p3, so removing p2 leaves 8.5 (not p3's 10.0). The offline copy
+        # must say what serving said.
+        [
+            event(a, p2, "remove_from_cart", 5, session_id="s1"),
+            event(b, p3, "purchase", 3, quantity=1, price=7.25),
+            event(b, p4, "rating", 2, value=4.0),  # logged out of time order
+        ],
+        [event(b, p1, "view", 7, session_id="s-new")],
+        # Past the 30-minute timeout: a new session.
+        [event(a, p4, "view", 50), event(a, p1, "add_to_cart", 51, price=2.0)],
+    ]
+    writer = LiveSessionWriter(store, session_store.categories, dt.timedelta(minutes=30))
+    log = EventLog(settings.event_log_dir, writer_id="pod-a")
+    online: list[tuple[str, pd.Timestamp, dict[str, Any]]] = []
+    for batch in batches:
+        received = max(e.ts for e in batch) + dt.timedelta(seconds=1)
+        log.append(batch, received)  # the service logs first, then folds
+        pushed = writer.apply(batch)
+        now = writer.current(sorted(pushed))
+        for customer, state in now.items():
+            assert state is not None
+            online.append((customer, pd.Timestamp(received), stored_values(state)))
+    log.close()
+
+    built = build_features(settings, progress=False)
+
+    assert built.sessions.batches == 4 and built.sessions.events == 11
+    assert built.sessions.withheld_events == 1
+    rows = pd.read_parquet(built.sessions.path)
+    assert erased not in set(rows["customer_id"])
+    kept = [(c, t, v) for c, t, v in online if c != erased]
+    assert len(rows) == len(kept)  # one row per customer per batch
+    found = _offline_sessions(store, [(c, t) for c, t, _ in kept])
+    for (customer, when, expected), (_, row) in zip(kept, found.iterrows(), strict=True):
+        got = {name: _plain(row[name]) for name in SESSION_FIELDS}
+        want = {name: _plain(value) for name, value in expected.items()}
+        assert got == want, (customer, when)
+    # Across batches as the online store does it; the timeout started a new session
+    # (which keeps its id: the events name none).
+    a_rows = rows[rows["customer_id"] == a]
+    assert a_rows["cart_value"].tolist() == [17.0, 8.5, 2.0]
+    assert a_rows["session_carts"].tolist() == [2, 2, 1]
+    assert a_rows["session_views"].tolist() == [1, 1, 1]
+    assert set(a_rows["session_id"]) == {"s1"}
+    # Before the first event nothing; past the 2-hour ttl nothing either.
+    early = _offline_sessions(store, [(a, pd.Timestamp(at(-1))), (a, pd.Timestamp(at(200)))])
+    assert early["session_id"].isna().all()
+
+
+def test_the_log_replays_batch_by_batch_in_the_order_received(tmp_path: Path) -> None:
+    """Two writers' files interleave by ``received_at``; bad lines are counted, not fatal;
+    a batch's events fold in time order, and the next batch starts from the session as
+    the online store gives it back (cart value spread over the carted items)."""
+    from segrec.event_log import read_event_log
+    from training.features.sessions import logged_batches, replay_sessions
+
+    t = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
+    c = "c_000000000000000a"
+    first, second = EventLog(tmp_path, "pod-b"), EventLog(tmp_path, "pod-a")
+    first.append(
+        [
+            LiveEvent(c, "p2", "add_to_cart", t + dt.timedelta(seconds=5), 2, 3.0, event_id="2"),
+            LiveEvent(c, "p1", "view", t, event_id="1"),
+            LiveEvent(c, "p3", "add_to_cart", t + dt.timedelta(seconds=6), 1, 1.0, event_id="3"),
+        ],
+        t + dt.timedelta(seconds=7),
+    )
+    second.append(
+        [LiveEvent(c, "p2", "remove_from_cart", t + dt.timedelta(seconds=70), event_id="4")],
+        t + dt.timedelta(seconds=71),
+    )
+    first.close()
+    second.close()
+    (tmp_path / "events-20261101-pod-c.jsonl").write_text('{"bad": 1}\nnot json\n{"cut')
+    batches, bad = logged_batches(read_event_log(tmp_path))
+    assert bad == 3
+    assert [[e.event_id for e in b.events] for b in batches] == [["2", "1", "3"], ["4"]]
+    rows = replay_sessions([b.events for b in batches], {"p1": "tea"}, dt.timedelta(minutes=30))
+    assert rows["carted_items"].map(list).tolist() == [["p3", "p2"], ["p3"]]
+    # 7.0 over two items is 3.5 each once stored: removing p2 leaves 3.5, not p3's 1.0.
+    assert rows["cart_value"].tolist() == [7.0, 3.5]
+    assert rows["session_views"].tolist() == [1, 1]
+    assert rows["event_timestamp"].tolist() == [
+        pd.Timestamp(t + dt.timedelta(seconds=6)),
+        pd.Timestamp(t + dt.timedelta(seconds=70)),
+    ]
+    assert replay_sessions([b.events for b in batches], {}, dt.timedelta(minutes=30), {c}).empty

@@ -199,7 +199,7 @@ def test_layers_are_the_history_entries_with_content_bottom_first() -> None:
 def test_tagged_images_and_image_environment() -> None:
     listing = [
         {
-            "id": "aa",
+            "id": "sha256:aa",
             "names": ["localhost/segrec:20261123t010203", "localhost/segrec-serving:0.1.0"],
         },
         {"id": "bb", "names": ["localhost/segrec:20261122t010203"]},

@@ -1,7 +1,8 @@
 """The latency benchmark's own logic: statistics, workload, load loops, servers, report.
 
 No assertion here times the system under test: the loops run against a tiny local app at
-a low rate, and only counts and bookkeeping are checked.
+a low rate, and only counts and bookkeeping are checked; the stage-by-stage replay is
+checked for answering what the engine answers, on the small trained storefront.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -33,6 +35,10 @@ from loadtests.latency import (
     write_report,
 )
 from segrec.service_process import free_port, running_service
+
+if TYPE_CHECKING:
+    from segrec.settings import Settings
+    from training.train.pipeline import TrainingRun
 
 
 def test_percentiles_interpolate_between_order_statistics() -> None:
@@ -216,3 +222,84 @@ def test_report_has_medians_ratios_goals_and_a_plot(tmp_path: Path) -> None:
     json_path, png_path = write_report(report, tmp_path / "bench")
     assert json.loads(json_path.read_text())["summary"]["throughput"]["bentoml"]["runs"] == 3
     assert png_path.stat().st_size > 1000
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_stage_by_stage_replay_answers_what_the_engine_does(
+    trained_small: tuple[Settings, TrainingRun], tmp_path: Path
+) -> None:
+    """On the small trained storefront, with a tactic that restricts one segment's home
+    carousel to one category, a boost rule and the shipped experiments file: the replay,
+    tactics stage included, gives every request the engine's own answer."""
+    import pandas as pd
+    import yaml
+
+    from loadtests.latency import replay_breakdown, replay_failure
+    from segrec.bundle import read_bundle
+    from serving.feature_budget import BudgetedFeatureSource
+    from serving.loading import build_engine, open_reader
+    from serving.personalisation import Personalisation
+    from serving.tactics import no_tactics
+
+    settings, run = trained_small
+    assert run.export is not None
+    segments = pd.read_parquet(settings.features_dir / "customer_segments.parquet")
+    segments = segments[segments["event_timestamp"] == segments["event_timestamp"].max()]
+    segment = str(segments["segment_name"].value_counts().index[0])
+    category = str(pd.read_parquet(settings.clean_dir / "products.parquet")["category"].mode()[0])
+    rules = [
+        {
+            "id": "segment-filter",
+            "priority": 10,
+            "when": {"segment_name": segment, "placement": ["home"]},
+            "then": {"offer": "segment-special", "filter": {"categories": [category]}},
+        },
+        {
+            "id": "bargain-boost",
+            "priority": 20,
+            "when": {"discount_affinity": {"gte": 0.2}},
+            "then": {"boost": {"price_bands": ["low"], "weight": 0.3}},
+        },
+    ]
+    tactics = tmp_path / "tactics.yaml"
+    tactics.write_text(yaml.safe_dump({"version": "replay-1", "rule_sets": {"default": rules}}))
+    serving = settings.model_copy(update={"tactics_file": tactics})
+    engine = build_engine(
+        serving,
+        bundle=read_bundle(Path(run.export.bundle_dir)),
+        # A generous budget: a read past it on a busy machine would differ by design.
+        features=BudgetedFeatureSource(open_reader(serving), 5000),
+    )
+    in_segment = segments.loc[segments["segment_name"] == segment, "customer_id"]
+    others = segments.loc[segments["segment_name"] != segment, "customer_id"]
+    ids = [*in_segment.head(8), *others.head(8), "c_ffffffffffffffff"]
+
+    started = time.perf_counter()
+    breakdown = replay_breakdown(engine, ids)
+    print(f"replay of {len(ids)} requests: {time.perf_counter() - started:.2f}s")
+
+    assert breakdown["replay_mismatches"] == 0, breakdown["mismatched_customers"]
+    assert replay_failure({"requests": len(ids), "breakdown": breakdown}) is None
+    stages = breakdown["stages"]
+    assert stages["tactics (facts, rules)"]["calls_per_request"] == 1
+    assert "experiment assignment" in stages
+    assert breakdown["requests_with_tactics"] >= 1
+    # The segment's filter fired and changed the answer: without tactics it would differ,
+    # so a replay without the tactics stage would have mismatched.
+    fired = [c for c in ids if "segment-filter" in engine.recommend(c, 10).tactics.rules]
+    assert fired, "no request met the segment filter"
+    with_tactics = engine.recommend(fired[0], 10)
+    category_of = engine.categories_by_product()
+    assert {category_of[item["product_id"]] for item in with_tactics.items} == {category}
+    rules_in_force = engine.personalisation
+    engine.personalisation = Personalisation(no_tactics(), rules_in_force.experiments)
+    try:
+        without = engine.recommend(fired[0], 10)
+        assert [i["product_id"] for i in without.items] != [
+            i["product_id"] for i in with_tactics.items
+        ]
+    finally:
+        engine.personalisation = rules_in_force
+    mismatch = {"requests": 5, "breakdown": {"replay_mismatches": 2, "mismatched_customers": ["a"]}}
+    assert "REPLAY MISMATCH" in str(replay_failure(mismatch))

@@ -1,7 +1,8 @@
 """The load test: its sampler, budgets, profiles and capacity arithmetic on hand-made
 inputs, the runner's answers to bad input, and the smoke profile as a gate against a real
 ``bentoml serve`` started by the runner (it passes), and the gate failing on an impossible
-budget against a stand-in for the service.
+budget against a stand-in for the service. The soak: its verdict on hand-made samples, and
+a short real run of ``loadtests.soak`` against its own server.
 
 Nothing here imports Locust: it monkey-patches the whole process with gevent. No
 assertion times the server; the smoke budgets are generous on purpose.
@@ -27,6 +28,7 @@ import pytest
 
 from loadtests import run as runner
 from loadtests.capacity import Step, capacity_model, find_knee, pods_needed, round_up
+from loadtests.soak import Watch, server_errors, verdict
 from loadtests.workload import (
     Budgets,
     IdSet,
@@ -362,3 +364,90 @@ def test_the_gate_fails_on_an_impossible_budget(stub_api: str, tmp_path: Path) -
     events = [e for p, b in seen if p == "/events" for e in b["events"]]
     assert all(re.fullmatch(CUSTOMER_ID_PATTERN, e["customer_id"]) for e in events)
     assert {e["product_id"] for e in events} <= {f"P{i:06d}" for i in range(1, 51)}
+
+
+# ---- the soak ---------------------------------------------------------------------------
+MB = 2**20
+
+
+def test_the_soak_verdict_holds_memory_and_descriptors_from_mid_run_to_the_end() -> None:
+    steady = Watch(probes=30, samples=[(0.0, {7: (100 * MB, 40)}), (5.0, {7: (200 * MB, 50)})])
+    steady.samples += [(10.0, {7: (204 * MB, 52)})]
+    held = verdict(steady, max_rss_growth=0.05, max_fd_growth=10)
+    assert held["broken"] == []
+    assert held["workers"][7] == {
+        "rss_mb_mid": 200.0,
+        "rss_mb_end": 204.0,
+        "rss_growth": 0.02,
+        "fds_mid": 50,
+        "fds_end": 52,
+        "fds_max": 52,
+    }
+    leaking = Watch(probes=30, samples=[(0.0, {7: (100 * MB, 40)}), (5.0, {7: (200 * MB, 50)})])
+    leaking.samples += [(10.0, {7: (212 * MB, 61)})]
+    broken = verdict(leaking, max_rss_growth=0.05, max_fd_growth=10)["broken"]
+    assert broken == [
+        "worker 7: RSS grew 6.0% from mid-run (budget 5%)",
+        "worker 7: 11 more descriptors (budget 10)",
+    ]
+
+
+def test_the_soak_verdict_catches_probes_restarts_and_missing_samples() -> None:
+    restarted = Watch(probes=9, probe_failures=[(3.0, "HTTPError: HTTP Error 503")])
+    restarted.samples = [(0.0, {7: (MB, 4)}), (5.0, {7: (MB, 4)}), (10.0, {8: (MB, 4)})]
+    assert verdict(restarted, 0.05, 10)["broken"] == [
+        "/readyz failed 1 times",
+        "worker 8 appeared after mid-run (a restart?)",
+    ]
+    assert verdict(Watch(probes=3), 0.05, 10)["broken"] == [
+        "no worker samples (server pid unknown?)"
+    ]
+
+
+def test_only_5xx_failures_count_as_server_errors(tmp_path: Path) -> None:
+    failures = tmp_path / "steady_failures.csv"
+    failures.write_text(
+        "Method,Name,Error,Occurrences\n"
+        "POST,/recommend [home],HTTP 503: unavailable,3\n"
+        "POST,/events [view],HTTP 429: too many,5\n"
+        "POST,/similar,HTTP 500: boom,1\n"
+    )
+    assert server_errors(failures) == 4
+    assert server_errors(tmp_path / "absent.csv") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_short_soak_starts_a_pinned_server_watches_it_and_passes(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    out = tmp_path / "soak"
+    env = {
+        **os.environ,
+        **workspace.env,
+        "SEGREC_REPORTS_DIR": str(tmp_path / "reports"),
+        # Correctness, not speed, on a shared CI box: the latency budgets are the steady
+        # profile's business (make soak), the watcher's are checked here.
+        "SEGREC_LOADTEST_P95_MS": "5000",
+        "SEGREC_LOADTEST_P99_MS": "8000",
+    }
+    command = [sys.executable, "-m", "loadtests.soak", "--duration", "16", "--rps", "10"]
+    done = subprocess.run(
+        [*command, "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert "pinning: server (bentoml serve and its worker) on core" in output
+    result = json.loads((out / "soak.json").read_text())
+    assert result["broken"] == [] and result["server_errors"] == 0
+    assert result["readyz_probes"] >= 12 and result["readyz_failures"] == 0
+    (worker,) = result["workers"].values()
+    assert worker["rss_mb_end"] > 50 and worker["fds_end"] > 0
+    summary = json.loads((out / "steady.json").read_text())
+    assert summary["requests"] > 100 and summary["failures"] == 0

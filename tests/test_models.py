@@ -25,6 +25,7 @@ from segrec.scoring import (
 from tests.conftest import Dataset
 from tests.recommender_contract import (
     GROUP_ITEMS,
+    TOY_END,
     RecommenderContract,
     checkerboard,
     toy_interactions,
@@ -35,6 +36,7 @@ from training.models.buy_again import BuyAgain
 from training.models.category_popularity import CategoryPopularity
 from training.models.content import Content
 from training.models.interactions import (
+    DAY,
     EventWeights,
     IdVocabulary,
     Interactions,
@@ -42,6 +44,7 @@ from training.models.interactions import (
     held_out_items,
     temporal_split,
 )
+from training.models.new_arrivals import NewArrivals, launch_age_days
 from training.models.popularity import Popularity
 from training.models.svd import SVD
 
@@ -160,6 +163,15 @@ class TestALSBM25(TestALS):
 class TestALSLog(TestALS):
     def make_model(self, **params: Any) -> Recommender:
         return super().make_model(**{"weighting": "log", "half_life_days": 30.0, **params})
+
+
+class TestNewArrivals(RecommenderContract):
+    # On the checkerboard every product is weeks old; the category lift still keeps each
+    # customer in their own group's products.
+    invalid_params: ClassVar[dict[str, Any]] = {"half_life_days": 0.0, "prior_strength": -1}
+
+    def make_model(self, **params: Any) -> Recommender:
+        return NewArrivals(**params)
 
 
 class TestContent(RecommenderContract):
@@ -523,6 +535,59 @@ def test_content_handles_a_new_product_nobody_bought() -> None:
     np.testing.assert_array_equal(model.neighbours_[item], similar)
     garden_fan = data.customers.index_of("g0_00")
     assert model.score(garden_fan, [item])[0] > model.score(garden_fan, [GROUP_ITEMS])[0]
+
+
+def _with_new_products(launch: dict[str, str] | None = None) -> Interactions:
+    """The checkerboard plus two products nobody touched: a garden one and a kitchen one."""
+    events, products, segments = checkerboard()
+    new = pd.DataFrame(
+        [
+            {"product_id": "P0NEW", "category": "garden", "brand": "Verdo", "price": 9.0},
+            {"product_id": "P1NEW", "category": "kitchen", "brand": "Cucina", "price": 29.0},
+        ]
+    )
+    catalogue = pd.concat([products, new], ignore_index=True)
+    if launch is not None:
+        catalogue["launch_ts"] = pd.to_datetime(catalogue["product_id"].map(launch), utc=True)
+    return Interactions.from_events(
+        events, products=catalogue, segments=segments, reference_time=TOY_END
+    )
+
+
+def test_launch_age_is_first_seen_and_zero_for_products_nobody_touched() -> None:
+    data = _with_new_products()
+    ages = launch_age_days(data)
+    first = pd.DataFrame({"item": data.item, "age": data.age_days}).groupby("item")["age"].max()
+    np.testing.assert_allclose(ages[first.index.to_numpy()], first.to_numpy())
+    assert ages[data.items.index(["P0NEW", "P1NEW"])].tolist() == [0.0, 0.0]
+    # A catalogue launch date wins where it is known; a future launch counts as today.
+    launched = _with_new_products(
+        {"P000": str(TOY_END - 200 * DAY), "P1NEW": str(TOY_END + 3 * DAY)}
+    )
+    ages = launch_age_days(launched)
+    assert ages[launched.items.index_of("P000")] == pytest.approx(200.0)
+    assert ages[launched.items.index_of("P1NEW")] == 0.0
+    assert ages[launched.items.index_of("P001")] == launch_age_days(data)[1]
+
+
+def test_new_arrivals_puts_the_new_product_of_the_favourite_category_first() -> None:
+    data = _with_new_products()
+    model = NewArrivals().fit(data)
+    for customer, expected in (("g0_00", "P0NEW"), ("g1_05", "P1NEW")):
+        index = data.customers.index_of(customer)
+        items, _ = model.recommend(index, k=1, exclude=data.items_of(index))
+        assert data.items.ids(items).tolist() == [expected]
+    # Nobody's history: both new products lead, in catalogue order.
+    items, _ = model.recommend(-1, k=2)
+    assert sorted(data.items.ids(items)) == ["P0NEW", "P1NEW"]
+
+
+def test_new_arrivals_freshness_halves_every_half_life() -> None:
+    data = _with_new_products({"P000": str(TOY_END - 21 * DAY), "P001": str(TOY_END - 42 * DAY)})
+    model = NewArrivals(half_life_days=21.0, prior_strength=1e6).fit(data)
+    scores = model.score(-1, data.items.index(["P0NEW", "P000", "P001"]))
+    # A huge prior makes every lift 1: what is left is freshness.
+    np.testing.assert_allclose(scores, [1.0, 0.5, 0.25], rtol=1e-4)
 
 
 # --- the small synthetic storefront ------------------------------------------------------

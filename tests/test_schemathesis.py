@@ -131,6 +131,12 @@ def test_the_served_schema_documents_what_the_service_answers(server: Server) ->
     body = recommend["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["category"]["nullable"] is True
     assert {"400", "413", "415", "429", "503", "504"} <= set(recommend["responses"])
+    for status in ("429", "503"):  # ours, with a JSON body and when to retry
+        answer = spec["paths"]["/events"]["post"]["responses"][status]
+        assert "Retry-After" in answer["headers"], status
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
     reload = spec["paths"]["/admin/reload"]["post"]
     assert {"401", "403", "409"} <= set(reload["responses"])
     assert "401" not in recommend["responses"]
@@ -170,5 +176,8 @@ def test_nullable_fields_and_required_bodies_are_restored() -> None:
     assert operation["requestBody"]["required"] is True
     assert operation["responses"]["404"]["description"] == "Gone"
     assert "schema" in operation["responses"]["404"]["content"]["application/json"]
+    assert set(operation["responses"]["429"]["headers"]) == {"Retry-After"}
+    assert "headers" not in operation["responses"]["400"]
+    assert "content" not in operation["responses"]["504"]  # BentoML's body, not promised
     assert fixed["paths"]["/livez"] == bentoml_spec["paths"]["/livez"]
     assert "anyOf" in bentoml_spec["components"]["schemas"]["similar__Input"]["properties"]["p"]

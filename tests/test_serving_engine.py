@@ -228,3 +228,28 @@ def test_a_customer_known_only_by_profile_is_personal_with_defaults(
     # Personal as far as it goes: a segment from what is known (age, tenure), filled in
     # with the training medians.
     assert answer.segment is not None and answer.segment["assigned"] == "live"
+
+
+def test_the_new_arrivals_model_is_scored_and_blended(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    settings, run = trained_small
+    assert "new_arrivals" in engine.models
+    row = engine.models.index("new_arrivals")
+    arrays = engine.model_arrays["new_arrivals"]
+    # Products nobody touched before the bundle's data end are the newest in the catalogue.
+    ages = arrays["launch_age_days"]
+    assert ages.shape == (len(engine.product_ids),) and ages.min() == 0.0
+    customer_id = _segments(settings).iloc[7]["customer_id"]
+    now = engine.clock().timestamp()
+    customer = engine._customer(engine.features.read_many([customer_id])[0], now)
+    scores = engine._scores(customer)[row]
+    fresh = np.exp2(-ages / float(arrays["freshness_half_life_days"]))
+    # Freshness re-weighted by the customer's taste: mostly freshness, not constant.
+    assert scores.max() > scores.min()
+    assert np.corrcoef(scores, fresh)[0, 1] > 0.3
+    # The blend carries the model with at least the validated new-product floor.
+    weights = engine._weights(customer)
+    assert weights.shape == (len(engine.models),)
+    assert weights[row] >= run.blender.new_product_floor_ - 1e-9
+    assert weights.sum() == pytest.approx(1.0)

@@ -100,6 +100,26 @@ def test_recommend_over_http(server: Server) -> None:
     assert status == 200 and body["fallback"] == "unknown_customer" and len(body["items"]) == 3
 
 
+def test_every_answer_says_it_is_json(server: Server) -> None:
+    # serving.service fixes each API's media type once instead of BentoML working it out
+    # per response: the header must not change.
+    customer = str(_customers(server.settings).iloc[0]["customer_id"])
+    for path, body in (
+        ("/recommend", {"customer_id": customer, "k": 2}),
+        ("/similar", {"product_id": "P000001", "k": 2}),
+        ("/segment", {"customer_id": customer}),
+        ("/recommend/batch", {"requests": [{"customer_id": customer, "k": 2}]}),
+    ):
+        request = urllib.request.Request(
+            f"{server.url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Type"] == "application/json", path
+            json.loads(response.read())
+
+
 def test_product_pages_use_the_product_as_context(server: Server) -> None:
     customer = _customers(server.settings).iloc[3]["customer_id"]
     status, page = _post(

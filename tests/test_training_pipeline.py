@@ -4,6 +4,7 @@ evaluation report, the bundle on disk and in BentoML's store, customer factors o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 from segrec.bundle import load_from_bentoml, read_bundle
 from segrec.feature_store import open_store
 from segrec.settings import Settings
+from training.models.blend_fit import FLOORS
 from training.train.evaluate import BLEND, RANDOM
 from training.train.pipeline import TrainingRun
 from training.train.report import write_reports
+from training.train.search import GRIDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,6 +35,8 @@ def test_every_model_and_the_blend_are_measured_on_the_same_customers(
     new_products = run.results["new_products"]
     # Products nobody touched in training: popularity-style models cannot find them.
     assert new_products.runs["popularity"].means["hit_rate"] == 0
+    # The new-arrivals model ranks them by launch (first seen) and the customer's taste.
+    assert new_products.runs["new_arrivals"].means["hit_rate"] > 0
     for view in ("new_items", "repeats_allowed", "filtered"):
         result = run.results[view]
         counts = {run_.n_customers for run_ in result.runs.values()}
@@ -51,6 +56,18 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
     assert set(new_items["intervals"]["als"]["blend_minus_model"]) >= {"estimate", "low", "high"}
     assert {"segment_name", "lifecycle", "cold_start"} == set(new_items["by_group"])
     assert report["blend"]["global"] and report["split"]["protocol"] == "temporal"
+    # The blend search starts from the best single model: never worse on validation, and
+    # the new-product floor may not take it below that either.
+    singles = report["blend"]["validation_single_model_ndcg"]
+    assert set(singles) == set(run.model_names)
+    assert run.blender.global_ndcg_ >= max(singles.values()) - 1e-5
+    floor = report["blend"]["new_product_floor"]
+    assert floor in FLOORS
+    assert (
+        report["blend"]["new_product_floor_validation_ndcg"][str(floor)]
+        >= max(singles.values()) - 1e-5
+    )
+    assert set(report["blend"]["repeat_share"]) >= {"global"}
     search = report["hyperparameter_search"]
     # The defaults are always tried first, so the search never does worse than them.
     for model in ("als", "svd"):
@@ -58,6 +75,11 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
         assert trials and max(t["ndcg"] for t in trials) >= trials[0]["ndcg"]
         best = max(trials, key=lambda t: t["ndcg"])["params"]
         assert search["best"][model] == best
+    # The trial count bounds the search; only the safety cap on time may stop it sooner.
+    for model, trials in search["trials"].items():
+        grid = math.prod(len(values) for values in GRIDS[model].values())
+        full = min(settings.search_max_trials, grid)
+        assert len(trials) == full or (model in search["cut_short_by_time"] and trials)
     assert html_path.read_text().count("data:image/png;base64,") >= 13
     assert report["rating_errors"]["ratings"] > 0
 

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from segrec.settings import get_settings
+from serving.container.commands import container_app, fail
 from serving.container.oci import ImageError
 
-app = typer.Typer(
-    help="The serving container image, built and started with buildah (no Docker engine).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = container_app(
+    "The serving container image, built and started with buildah (no Docker engine)."
 )
-
-
-@app.callback()
-def _storage() -> None:
-    """A relative CONTAINERS_STORAGE_CONF (storage-vfs.conf) made absolute: BentoML runs
-    buildah from its own build directory."""
-    conf = os.environ.get("CONTAINERS_STORAGE_CONF")
-    if conf:
-        os.environ["CONTAINERS_STORAGE_CONF"] = str(Path(conf).resolve())
-
-
-def _fail(step: str, error: Exception) -> NoReturn:
-    print(f"\n{step} FAILED: {error}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=1)
 
 
 @app.command()
@@ -51,7 +33,7 @@ def build(
     try:
         build_image(get_settings(), uv_version, rebuild_base=rebuild_base)
     except ImageError as error:
-        _fail("make image", error)
+        fail("make image", error)
 
 
 @app.command()
@@ -68,7 +50,7 @@ def smoke(
     try:
         run_smoke(get_settings(), ready_timeout)
     except ImageError as error:
-        _fail("make image-smoke", error)
+        fail("make image-smoke", error)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from serving.container.oci import (
     images_named,
     inspect_image,
     megabytes,
+    report_build,
     run,
     say,
-    short_command,
 )
 
 CONTAINERFILE = Path(__file__).with_name("Containerfile.base")
@@ -240,26 +240,15 @@ def build_image(settings: Settings, uv_version: str, *, rebuild_base: bool = Fal
     run(["buildah", "tag", built, target])
     removed = remove_older(keep=built)
     info = inspect_image(target)
-    total = time.monotonic() - started
-    print_image(info, also=built)
-    if removed:
-        say(f"  removed older images: {', '.join(removed)}")
-    base_note = f"built in {base_seconds:.0f} s" if built_base else "present"
-    say(f"  time:   {total:.0f} s in all (base image {base_note})")
-    say("  next:   make image-smoke (starts it and asks it for a carousel)")
+    report_build(
+        info,
+        also=built,
+        removed=removed,
+        total_seconds=time.monotonic() - started,
+        base_seconds=base_seconds if built_base else None,
+        next_step="make image-smoke (starts it and asks it for a carousel)",
+    )
     return info
-
-
-def print_image(info: ImageInfo, also: str = "") -> None:
-    say(f"\nImage {info.ref}" + (f" (also {also})" if also else ""))
-    say(f"  id:     {info.id}")
-    say(f"  size:   {megabytes(info.size_bytes)}")
-    say(f"  user:   {info.user}   entrypoint: {' '.join(info.entrypoint)}")
-    say(f"  layers ({len(info.layers)}, bottom first):")
-    for layer in info.layers:
-        say(f"    {megabytes(layer.size_bytes):>11}  {short_command(layer.created_by, 90)}")
-    for note in image_notes(info):
-        say(f"  note:   {note}")
 
 
 def image_notes(info: ImageInfo) -> list[str]:

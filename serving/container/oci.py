@@ -73,18 +73,21 @@ def image_exists(ref: str) -> bool:
 
 
 def images_named(name: str) -> dict[str, str]:
-    """``name:tag`` -> image id for every tag of ``name`` in the local storage."""
-    listing = capture(["buildah", "images", "--json"])
+    """``name:tag`` -> full image id for every tag of ``name`` in the local storage."""
+    # Without --no-trunc buildah lists 12-character ids, which never equal podman's full
+    # ``Id``: a rebuild that reproduced the same image then looked like a new one.
+    listing = capture(["buildah", "images", "--json", "--no-trunc"])
     return tagged_images(json.loads(listing or "null") or [], name)
 
 
 def tagged_images(listing: list[dict[str, Any]], name: str) -> dict[str, str]:
-    """From ``buildah images --json``: ``name:tag`` -> id for the tags of repository ``name``."""
+    """From ``buildah images --json``: ``name:tag`` -> id (no ``sha256:``, as podman's
+    ``Id``) for the tags of repository ``name``."""
     found: dict[str, str] = {}
     for image in listing:
         for ref in image.get("names") or []:
             if isinstance(ref, str) and ref.rsplit(":", 1)[0] == name:
-                found[ref] = str(image["id"])
+                found[ref] = str(image["id"]).removeprefix("sha256:")
     return found
 
 
@@ -211,3 +214,52 @@ def process_uid(pid: int, proc: Path = Path("/proc")) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise ImageError(f"no Uid line for process {pid}")
+
+
+def remove_stale_containers(prefix: str) -> None:
+    """Containers named ``<prefix><pid>`` whose process is gone: a smoke run killed before
+    its cleanup left them."""
+    listing = json.loads(capture(["buildah", "containers", "--json"]) or "null") or []
+    for entry in listing:
+        name = str(entry.get("containername", ""))
+        pid = name.removeprefix(prefix)
+        if name.startswith(prefix) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            capture(["buildah", "rm", name], check=False)
+            say(f"removed stale container {name}")
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a run's log, for an error message."""
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def print_image(info: ImageInfo, also: str = "") -> None:
+    say(f"\nImage {info.ref}" + (f" (also {also})" if also else ""))
+    say(f"  id:     {info.id}")
+    say(f"  size:   {megabytes(info.size_bytes)}")
+    say(f"  user:   {info.user}   entrypoint: {' '.join(info.entrypoint)}")
+    say(f"  layers ({len(info.layers)}, bottom first):")
+    for layer in info.layers:
+        say(f"    {megabytes(layer.size_bytes):>11}  {short_command(layer.created_by, 90)}")
+
+
+def report_build(
+    info: ImageInfo,
+    *,
+    removed: Sequence[str],
+    total_seconds: float,
+    base_seconds: float | None,
+    next_step: str,
+    also: str = "",
+) -> None:
+    """What a build prints: the image, the images it replaced, the time, what to run next.
+    ``base_seconds`` is None when the base image was already there."""
+    print_image(info, also=also)
+    if removed:
+        say(f"  removed older images: {', '.join(removed)}")
+    base_note = "present" if base_seconds is None else f"built in {base_seconds:.0f} s"
+    say(f"  time:   {total_seconds:.0f} s in all (base image {base_note})")
+    say(f"  next:   {next_step}")

@@ -46,9 +46,11 @@ from serving.container.oci import (
     ensure_tools,
     image_exists,
     inspect_image,
+    log_tail,
     megabytes,
     process_table,
     process_uid,
+    remove_stale_containers,
     say,
     serve_process,
 )
@@ -219,7 +221,7 @@ def smoke(settings: Settings, ready_timeout: float = 300.0) -> None:
     info = inspect_image(ref)
     data = trained_data(settings)
     customers = sample_customers(data)
-    remove_stale_containers()
+    remove_stale_containers(CONTAINER_PREFIX)
     say(f"image-smoke: {ref} ({megabytes(info.size_bytes)}), data from {data}")
     name = f"{CONTAINER_PREFIX}{os.getpid()}"
     container = capture(["buildah", "from", "--pull=never", "--name", name, ref]).strip()
@@ -339,7 +341,7 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> fl
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ImageError(
-                f"the container exited ({process.returncode}) before ready:\n{log_tail()}"
+                f"the container exited ({process.returncode}) before ready:\n{log_tail(LOG)}"
             )
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
@@ -347,14 +349,14 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> fl
                     return time.monotonic()
         except OSError:
             pass
-        reasons = load_failures(log_tail(20_000))
+        reasons = load_failures(log_tail(LOG, 20_000))
         if len(reasons) >= 2:
             raise ImageError(
                 f"the service does not load: {reasons[-1]} (a data directory older than the "
                 "code? `make features segments train` brings it up to date)"
             )
         time.sleep(0.25)
-    raise ImageError(f"not ready within {timeout:.0f} s:\n{log_tail()}")
+    raise ImageError(f"not ready within {timeout:.0f} s:\n{log_tail(LOG)}")
 
 
 def load_failures(log: str) -> list[str]:
@@ -471,22 +473,3 @@ def check_writes(container: str) -> list[str]:
             else ""
         )
     ]
-
-
-def remove_stale_containers() -> None:
-    """Containers of earlier smoke runs whose process is gone (killed before cleaning up)."""
-    listing = json.loads(capture(["buildah", "containers", "--json"]) or "null") or []
-    for entry in listing:
-        name = str(entry.get("containername", ""))
-        if name.startswith(CONTAINER_PREFIX):
-            pid = name.removeprefix(CONTAINER_PREFIX)
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                capture(["buildah", "rm", name], check=False)
-                say(f"removed stale container {name}")
-
-
-def log_tail(chars: int = 3000) -> str:
-    try:
-        return LOG.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"

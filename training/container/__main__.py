@@ -3,36 +3,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from serving.container.commands import container_app, fail
 from serving.container.oci import ImageError
 
-app = typer.Typer(
-    help="The training container image (the Kubernetes jobs'), built and run with buildah.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = container_app(
+    "The training container image (the Kubernetes jobs'), built and run with buildah."
 )
-
-
-@app.callback()
-def _storage() -> None:
-    """A relative CONTAINERS_STORAGE_CONF (serving/container/storage-vfs.conf) made
-    absolute, as for the serving image."""
-    conf = os.environ.get("CONTAINERS_STORAGE_CONF")
-    if conf:
-        os.environ["CONTAINERS_STORAGE_CONF"] = str(Path(conf).resolve())
-
-
-def _fail(step: str, error: Exception) -> NoReturn:
-    print(f"\n{step} FAILED: {error}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=1)
 
 
 @app.command()
@@ -54,7 +36,7 @@ def build(
     try:
         build_image(uv_version, rebuild_base=rebuild_base, cache=cache)
     except ImageError as error:
-        _fail("make image-training", error)
+        fail("make image-training", error)
 
 
 @app.command()
@@ -71,7 +53,7 @@ def smoke() -> None:
     try:
         run_smoke(get_settings())
     except ImageError as error:
-        _fail("make image-training-smoke", error)
+        fail("make image-training-smoke", error)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from segrec.settings import PROJECT_ROOT
 from serving.container import BASE_IMAGE
-from serving.container.build import BUILD_ENV, build_base, print_image, project_version
+from serving.container.build import BUILD_ENV, build_base, project_version
 from serving.container.oci import (
     ImageError,
     ImageInfo,
@@ -23,8 +23,8 @@ from serving.container.oci import (
     ensure_tools,
     images_named,
     inspect_image,
+    report_build,
     run,
-    say,
 )
 from training.container import RUN_AS_UID, TRAINING_IMAGE
 
@@ -85,13 +85,14 @@ def build_image(uv_version: str, *, rebuild_base: bool = False, cache: bool = Tr
         run(build_command(context, version, cache=cache), env=BUILD_ENV)
     info = inspect_image(target)
     # The image the tag named before is untagged now; its own top layers are unused.
-    removed = ""
+    removed = []
     if previous and previous != info.id and capture(["buildah", "rmi", previous], check=False):
-        removed = previous
-    print_image(info)
-    if removed:
-        say(f"  removed the previous {target}: {removed[:12]}")
-    base_note = f"built in {base_seconds:.0f} s" if built_base else "present"
-    say(f"  time:   {time.monotonic() - started:.0f} s in all (base image {base_note})")
-    say("  next:   make image-training-smoke (runs the jobs' commands in it)")
+        removed.append(previous[:12])
+    report_build(
+        info,
+        removed=removed,
+        total_seconds=time.monotonic() - started,
+        base_seconds=base_seconds if built_base else None,
+        next_step="make image-training-smoke (runs the jobs' commands in it)",
+    )
     return info

@@ -50,7 +50,9 @@ from serving.container.oci import (
     ensure_tools,
     image_exists,
     inspect_image,
+    log_tail,
     megabytes,
+    remove_stale_containers,
     say,
 )
 from serving.container.smoke import RUNTIME_FILES, in_container, normalise, requirement_names
@@ -297,7 +299,7 @@ def smoke(settings: Settings) -> None:
     wrong = [reason for job in jobs if (reason := expected_image(job, version))]
     if wrong:
         raise ImageError("; ".join(wrong))
-    remove_stale_containers()
+    remove_stale_containers(CONTAINER_PREFIX)
     say(f"image-training-smoke: {ref} ({megabytes(info.size_bytes)}), data from {data}")
     name = f"{CONTAINER_PREFIX}{os.getpid()}"
     container = capture(["buildah", "from", "--pull=never", "--name", name, ref]).strip()
@@ -379,9 +381,8 @@ def run_jobs(container: str, jobs: Sequence[JobContainer], data: Path, scratch: 
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
             seconds = time.monotonic() - began
             if result.returncode != 0:
-                raise ImageError(
-                    f"{job.label} exited {result.returncode} after {seconds:.0f} s:\n" + log_tail()
-                )
+                failure = f"{job.label} exited {result.returncode} after {seconds:.0f} s"
+                raise ImageError(f"{failure}:\n{log_tail(LOG)}")
             lines.append(f"ran:       {job.label} in {seconds:.0f} s, exit 0")
     lines += check_outputs(claim / "data", bundles_before, start, uid)
     return lines
@@ -463,25 +464,3 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     os.chown(root, uid, gid)
     for path in root.rglob("*"):
         os.chown(path, uid, gid, follow_symlinks=False)
-
-
-def remove_stale_containers() -> None:
-    """Containers of earlier smoke runs whose process is gone (killed before cleaning up)."""
-    listing = json.loads(capture(["buildah", "containers", "--json"]) or "null") or []
-    for entry in listing:
-        name = str(entry.get("containername", ""))
-        pid = name.removeprefix(CONTAINER_PREFIX)
-        if (
-            name.startswith(CONTAINER_PREFIX)
-            and pid.isdigit()
-            and not Path(f"/proc/{pid}").exists()
-        ):
-            capture(["buildah", "rm", name], check=False)
-            say(f"removed stale container {name}")
-
-
-def log_tail(chars: int = 3000) -> str:
-    try:
-        return LOG.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"

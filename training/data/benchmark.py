@@ -1,7 +1,8 @@
 """Data-layer benchmark: generation, import and cleaning throughput and peak memory by size.
 
-Each stage runs in its own process so its peak resident memory is its own. Run with
-``make bench`` (``BENCH_SIZES=small,medium,large``); results go to
+Each stage runs in its own process so its peak resident memory is its own, ``repeats``
+times per size: each figure is the median run's, with ``<figure>_range`` its min and max.
+Run with ``make bench`` (``BENCH_SIZES=small,medium,large``); results go to
 ``reports/bench/data.json`` and ``reports/bench/data.png``. Nothing here is asserted in
 tests: timings on a shared machine are for reading, not for gating.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -124,27 +126,54 @@ def _run_stage(name: str, *args: str) -> dict[str, Any]:
     return measured
 
 
-def run_benchmark(sizes: list[str], seed: int, workdir: Path, reports_dir: Path) -> dict:
-    """Measure every stage for each size; returns and writes the results."""
-    results: dict[str, Any] = {"seed": seed, "cpus": _cpu_count(), "sizes": {}}
+SPREAD_FIGURES = ("seconds", "rows_per_second", "peak_mb")
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's counts with each timing figure replaced by its median over the runs
+    and ``<figure>_range`` [min, max] beside it."""
+    combined = dict(runs[-1], runs=len(runs))
+    for figure in SPREAD_FIGURES:
+        values = [r[figure] for r in runs if figure in r]
+        if values:
+            combined[figure] = statistics.median(values)
+            combined[f"{figure}_range"] = [min(values), max(values)]
+    return combined
+
+
+def run_benchmark(
+    sizes: list[str], seed: int, workdir: Path, reports_dir: Path, repeats: int = 1
+) -> dict:
+    """Measure every stage ``repeats`` times for each size; returns and writes the results."""
+    results: dict[str, Any] = {
+        "seed": seed,
+        "cpus": _cpu_count(),
+        "repeats": repeats,
+        "sizes": {},
+    }
     for size in sizes:
         root = workdir / size
         raw_dir = root / "raw" / "synthetic"
         csv_path = root / "online_retail.csv"
-        print(f"[{size}] generate", flush=True)
-        generated = _run_stage("generate", size, str(seed), str(raw_dir))
-        print(f"[{size}] export invoices", flush=True)
-        exported = _run_stage("export", str(raw_dir), str(csv_path))
-        print(f"[{size}] import {exported['megabytes']} MB", flush=True)
-        imported = _run_stage("import", str(csv_path), str(root / "import"))
-        print(f"[{size}] clean", flush=True)
-        cleaned = _run_stage("clean", str(raw_dir), str(root / "clean"))
-        results["sizes"][size] = {
-            "generate": generated,
-            "online_retail_csv": exported,
-            "import_online_retail": imported,
-            "clean": cleaned,
-        }
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for repeat in range(repeats):
+            tag = f"[{size} {repeat + 1}/{repeats}]"
+            print(f"{tag} generate", flush=True)
+            runs.setdefault("generate", []).append(
+                _run_stage("generate", size, str(seed), str(raw_dir))
+            )
+            print(f"{tag} export invoices", flush=True)
+            exported = _run_stage("export", str(raw_dir), str(csv_path))
+            runs.setdefault("online_retail_csv", []).append(exported)
+            print(f"{tag} import {exported['megabytes']} MB", flush=True)
+            runs.setdefault("import_online_retail", []).append(
+                _run_stage("import", str(csv_path), str(root / f"import-{repeat}"))
+            )
+            print(f"{tag} clean", flush=True)
+            runs.setdefault("clean", []).append(
+                _run_stage("clean", str(raw_dir), str(root / f"clean-{repeat}"))
+            )
+        results["sizes"][size] = {stage: _median_run(r) for stage, r in runs.items()}
         print(json.dumps(results["sizes"][size]), flush=True)
     bench_dir = reports_dir / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)

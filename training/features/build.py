@@ -2,6 +2,8 @@
 
 Snapshots are taken every ``feature_snapshot_days`` back from the data end, so a
 training row stamped at time t joins (point in time) the newest snapshot at or before t.
+The live sessions' offline copy (``customer_sessions.parquet``) is replayed from the event
+log serving appends to (:mod:`training.features.sessions`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from segrec.settings import Settings
 from training.features.customer import customer_features
 from training.features.inputs import load_inputs
 from training.features.product import product_features
+from training.features.sessions import SESSION_FILE, SessionBuild, write_sessions
 
 FEATURES_VERSION = "2"  # 2: missed_visits
 CUSTOMER_FILE = "customer_features.parquet"
@@ -36,6 +39,7 @@ class FeatureBuild:
     customer_rows: int
     product_rows: int
     seconds: float
+    sessions: SessionBuild
     manifest: dict[str, Any]
 
 
@@ -93,13 +97,27 @@ def build_features(settings: Settings, *, progress: bool | None = None) -> Featu
     finally:
         for writer in writers.values():
             writer.close()
+    # The live sessions' offline copy, from the event log serving appends to.
+    categories = dict(zip(inputs.products["product_id"], inputs.products["category"], strict=True))
+    sessions = write_sessions(settings, categories)
     clean_manifest = json.loads((settings.clean_dir / "manifest.json").read_text())
     manifest = {
         "features_version": FEATURES_VERSION,
         "data_version": clean_manifest["data_version"],
         "snapshots": [t.isoformat() for t in times],
         "category_vocabulary": sorted(inputs.products["category"].unique().tolist()),
-        "rows": {"customer_features": rows[CUSTOMER_FILE], "product_features": rows[PRODUCT_FILE]},
+        "rows": {
+            "customer_features": rows[CUSTOMER_FILE],
+            "product_features": rows[PRODUCT_FILE],
+            "customer_sessions": sessions.rows,
+        },
+        "sessions": {
+            "file": SESSION_FILE,
+            "log_batches": sessions.batches,
+            "log_events": sessions.events,
+            "bad_log_lines": sessions.bad_lines,
+            "withheld_erased_events": sessions.withheld_events,
+        },
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return FeatureBuild(
@@ -108,5 +126,6 @@ def build_features(settings: Settings, *, progress: bool | None = None) -> Featu
         customer_rows=rows[CUSTOMER_FILE],
         product_rows=rows[PRODUCT_FILE],
         seconds=round(time.perf_counter() - started, 2),
+        sessions=sessions,
         manifest=manifest,
     )

@@ -3,7 +3,8 @@
 For each store: apply and materialise the current features into a fresh store (Redis is
 started on a free loopback port), warm up, then time ``reads`` single-customer reads and
 ``reads / 50`` reads of 50 customers, ``repeats`` times, the paths taking turns within a
-repeat; the figures are medians over the repeats. Paths:
+repeat; the figures are medians over the repeats, with min and max (``<figure>_range``).
+Paths:
 
 - ``feast_to_dict``: Feast's ``get_online_features(...).to_dict()`` alone;
 - ``segrec_reader``: segrec's reader as serving runs it (ttl checks and defaults; every
@@ -76,8 +77,14 @@ def _reader_before(reader: OnlineFeatureReader) -> Callable[[list[str]], list[Fe
     return read_many
 
 
-def _medians(results: list[dict[str, float]]) -> dict[str, float]:
-    return {key: round(statistics.median(r[key] for r in results), 3) for key in FIGURES}
+def _medians(results: list[dict[str, float]]) -> dict[str, Any]:
+    """Each figure's median over the repeats, with ``<figure>_range`` [min, max] beside it."""
+    out: dict[str, Any] = {"runs": len(results)}
+    for key in FIGURES:
+        values = [r[key] for r in results]
+        out[key] = round(statistics.median(values), 3)
+        out[f"{key}_range"] = [round(min(values), 3), round(max(values), 3)]
+    return out
 
 
 def measure_store(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from segrec.lifecycle import LifecycleRules
 from segrec.segment_model import SegmentModel
 from segrec.settings import Settings
+from training.laps import Laps
 from training.segmentation.estimators import (
     DensityOutlierDetector,
     KMeansSegmenter,
@@ -75,17 +75,6 @@ class SegmentationRun:
     drift: dict[str, Any] | None = None
     online_rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self._start, 2)
-        self._start = now
 
 
 def _preprocessor(settings: Settings) -> SegmentPreprocessor:
@@ -158,9 +147,7 @@ def _write_segment_features(
     staging.replace(path)
 
 
-def _finish(
-    settings: Settings, run: SegmentationRun, timer: _Timer, online: bool
-) -> SegmentationRun:
+def _finish(settings: Settings, run: SegmentationRun, timer: Laps, online: bool) -> SegmentationRun:
     _write_segment_features(settings, run.assignments, run.inputs.cutoff)
     publish(settings.segments_dir, run.model)
     timer.lap("write")
@@ -177,7 +164,7 @@ def run_segmentation(
     settings: Settings, *, online: bool = True, progress: bool | None = None
 ) -> SegmentationRun:
     """A full segmentation run; publishes a new segment version."""
-    timer = _Timer()
+    timer = Laps()
     inputs = load_segmentation_inputs(settings)
     frame = inputs.features
     minimum = 20 * settings.segment_k_max
@@ -356,7 +343,7 @@ def update_segments(
 ) -> SegmentationRun:
     """Incremental update: move the current K-Means centroids towards the newest features
     and publish them as a new version with the same ids and names; measure the drift."""
-    timer = _Timer()
+    timer = Laps()
     previous = load_current(settings.segments_dir)
     if previous is None:
         raise FileNotFoundError("no current segment version to update: run `make segments` first")

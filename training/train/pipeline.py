@@ -40,6 +40,8 @@ from training.train.stacks import (
 )
 
 SEGMENTS_FILE = "customer_segments.parquet"
+REPEAT_MODEL = "buy_again"  # its blend weight is fitted where repeats count
+NEW_PRODUCT_MODEL = "new_arrivals"  # gets the validated new-product floor
 
 
 def _blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
@@ -130,7 +132,9 @@ def run_training(
     train = _interactions(split.validation, products, segment_of)
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
-    _, val_index, val_held = _held(split.validation, train, new_items_only=True, known_only=False)
+    val_ids, val_index, val_held = _held(
+        split.validation, train, new_items_only=True, known_only=False
+    )
     val_relevant = relevant_mask(val_held, train.n_items)
     val_n_relevant = np.array([len(h) for h in val_held])
     tuned = SearchResult()
@@ -144,20 +148,44 @@ def run_training(
             k=settings.eval_k,
             seed=settings.seed,
             max_seconds=settings.search_max_seconds,
+            max_trials=settings.search_max_trials,
         )
         for name, params in tuned.best.items():
             models[name] = models[name].set_params(**params).fit(train)
         lap("search")
-    val_stack = exclude(score_stack(models, train, val_index), seen_mask(train, val_index))
+    # Every validation customer with a held-out purchase (repeats allowed) is scored once;
+    # the main view (new items only) is a subset of them with seen items excluded.
+    rep_ids, rep_index, rep_held = _held(
+        split.validation, train, new_items_only=False, known_only=False
+    )
+    rep_stack = score_stack(models, train, rep_index)
+    row_of = {c: r for r, c in enumerate(rep_ids)}
+    rows = np.array([row_of[c] for c in val_ids], dtype=np.int64)
+    val_stack = exclude(rep_stack[rows], seen_mask(train, val_index))
+    # Buy-again's share is fitted where repeats count as serving shows them: bought items
+    # stay only in repeat categories, out-of-stock items never (the business filters).
+    val_rules = filter_rules(train, settings)
+    allowed = np.vstack([val_rules.allowed(_bought(train, i)) for i in rep_index])
+    rep_stack = exclude(rep_stack, ~allowed)
+    names = list(models)
     blender = SegmentBlender(
         k=settings.eval_k,
         min_customers=settings.blend_min_customers,
         max_seconds=settings.blend_max_seconds,
+        repeat_model=names.index(REPEAT_MODEL),
+        floor_model=names.index(NEW_PRODUCT_MODEL),
+        floor_tolerance=settings.blend_new_arrivals_tolerance,
     ).fit(
         val_stack,
         val_relevant,
         val_n_relevant,
         _blend_groups(train, val_index),
+        repeats=(
+            rep_stack,
+            relevant_mask(rep_held, train.n_items),
+            np.array([len(h) for h in rep_held]),
+            _blend_groups(train, rep_index),
+        ),
     )
     lap("fit_blend")
 

@@ -73,11 +73,19 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "validation_customers": blender.validation_customers_,
             "validation_ndcg": blender.validation_ndcg_,
             "min_customers": blender.min_customers,
+            "validation_single_model_ndcg": dict(
+                zip(run.model_names, blender.single_ndcg_, strict=True)
+            ),
+            "repeat_share": blender.repeat_share_,
+            "new_product_floor": blender.new_product_floor_,
+            "new_product_floor_validation_ndcg": blender.floor_ndcg_,
+            "new_product_floor_tolerance": blender.floor_tolerance,
         },
         "hyperparameter_search": {
             "best": run.search.best,
             "trials": run.search.trials,
             "seconds": run.search.seconds,
+            "cut_short_by_time": run.search.cut_short,
         },
         "rating_errors": run.rating_errors,
         "protocols": protocols,

@@ -19,6 +19,7 @@ from training.models.buy_again import BuyAgain
 from training.models.category_popularity import CategoryPopularity
 from training.models.content import Content
 from training.models.interactions import Interactions
+from training.models.new_arrivals import NewArrivals
 from training.models.popularity import Popularity
 from training.models.svd import SVD
 
@@ -41,6 +42,7 @@ def make_models(
         "svd": SVD(random_state=settings.seed),
         "als": ALS(random_state=settings.seed),
         "content": Content(random_state=settings.seed),
+        "new_arrivals": NewArrivals(half_life_days=settings.new_arrivals_half_life_days),
     }
     for name, chosen in (params or {}).items():
         models[name].set_params(**chosen)
