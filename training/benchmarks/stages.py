@@ -134,7 +134,7 @@ def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
     import numpy as np
 
     from training.models.blend_fit import SegmentBlender
-    from training.train.pipeline import _blend_groups, _held
+    from training.train.pipeline import blend_groups, held_out
     from training.train.stacks import (
         exclude,
         fit_models,
@@ -148,7 +148,7 @@ def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
     train, split = _training_data(settings, "validation")
     models = fit_models(make_models(settings), train)
     prepared = time.perf_counter()
-    _, index, held = _held(split.validation, train, new_items_only=True, known_only=False)
+    _, index, held = held_out(split.validation, train, new_items_only=True, known_only=False)
     relevant = relevant_mask(held, train.n_items)
     stack = exclude(score_stack(models, train, index), seen_mask(train, index))
     scored = time.perf_counter()
@@ -156,7 +156,7 @@ def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
         k=settings.eval_k,
         min_customers=settings.blend_min_customers,
         max_seconds=settings.blend_max_seconds,
-    ).fit(stack, relevant, np.array([len(h) for h in held]), _blend_groups(train, index))
+    ).fit(stack, relevant, np.array([len(h) for h in held]), blend_groups(train, index))
     done = time.perf_counter()
     return {
         "seconds": done - prepared,

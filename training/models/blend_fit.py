@@ -200,12 +200,8 @@ class SegmentBlender(BaseEstimator):
         if not 0 <= self.floor_tolerance < 1:
             raise ValueError("floor_tolerance must be in [0, 1)")
         deadline = time.perf_counter() + self.max_seconds
-        has_relevant = n_relevant > 0
-        stack, relevant, n_relevant, segments = (
-            stack[has_relevant],
-            relevant[has_relevant],
-            n_relevant[has_relevant],
-            np.asarray(segments)[has_relevant],
+        stack, relevant, n_relevant, segments = _with_relevant(
+            stack, relevant, n_relevant, segments
         )
         self.single_ndcg_ = [
             round(self._value(np.eye(stack.shape[1])[m], stack, relevant, n_relevant), 5)
@@ -258,12 +254,8 @@ class SegmentBlender(BaseEstimator):
         self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: np.ndarray
     ) -> None:
         """The repeat model's share, globally then per segment, on the repeats view."""
-        keep = n_relevant > 0
-        stack, relevant, n_relevant, segments = (
-            stack[keep],
-            relevant[keep],
-            n_relevant[keep],
-            np.asarray(segments)[keep],
+        stack, relevant, n_relevant, segments = _with_relevant(
+            stack, relevant, n_relevant, segments
         )
         unit = np.eye(stack.shape[1])[self.repeat_model]
         steps = np.linspace(0.0, 1.0, self.grid)
@@ -326,3 +318,11 @@ def floored(weights: np.ndarray, column: int, floor: float) -> np.ndarray:
     scaled[..., column] = floor
     weights[low] = scaled
     return weights
+
+
+def _with_relevant(
+    stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The customers with at least one held-out item: the others cannot score NDCG."""
+    keep = n_relevant > 0
+    return stack[keep], relevant[keep], n_relevant[keep], np.asarray(segments)[keep]

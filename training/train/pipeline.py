@@ -44,7 +44,7 @@ REPEAT_MODEL = "buy_again"  # its blend weight is fitted where repeats count
 NEW_PRODUCT_MODEL = "new_arrivals"  # gets the validated new-product floor
 
 
-def _blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
+def blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
     """Each customer's blend group: their segment, or COLD_START with little history (a
     segment's weights are fitted on customers the models know; cold-start customers get
     weights fitted on cold-start customers)."""
@@ -105,7 +105,7 @@ def _interactions(side: HeldOut, products: pd.DataFrame, segments: pd.Series) ->
     )
 
 
-def _held(
+def held_out(
     side: HeldOut, data: Interactions, *, new_items_only: bool, known_only: bool
 ) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
     """Customers with held-out relevant items: ids, training indices (-1 = unknown) and
@@ -132,7 +132,7 @@ def run_training(
     train = _interactions(split.validation, products, segment_of)
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
-    val_ids, val_index, val_held = _held(
+    val_ids, val_index, val_held = held_out(
         split.validation, train, new_items_only=True, known_only=False
     )
     val_relevant = relevant_mask(val_held, train.n_items)
@@ -155,7 +155,7 @@ def run_training(
         lap("search")
     # Every validation customer with a held-out purchase (repeats allowed) is scored once;
     # the main view (new items only) is a subset of them with seen items excluded.
-    rep_ids, rep_index, rep_held = _held(
+    rep_ids, rep_index, rep_held = held_out(
         split.validation, train, new_items_only=False, known_only=False
     )
     rep_stack = score_stack(models, train, rep_index)
@@ -179,12 +179,12 @@ def run_training(
         val_stack,
         val_relevant,
         val_n_relevant,
-        _blend_groups(train, val_index),
+        blend_groups(train, val_index),
         repeats=(
             rep_stack,
             relevant_mask(rep_held, train.n_items),
             np.array([len(h) for h in rep_held]),
-            _blend_groups(train, rep_index),
+            blend_groups(train, rep_index),
         ),
     )
     lap("fit_blend")
@@ -203,7 +203,7 @@ def run_training(
     )
     unseen_products = _popularity(before) == 0
     for protocol, new_only, filtered in views:
-        ids, index, held = _held(split.test, before, new_items_only=new_only, known_only=False)
+        ids, index, held = held_out(split.test, before, new_items_only=new_only, known_only=False)
         if protocol == "new_products":
             # Products nobody interacted with in training: only content can find them.
             held = [h[unseen_products[h]] for h in held]
@@ -221,7 +221,7 @@ def run_training(
             popularity=_popularity(before),
             model_names=list(models),
             blender=blender,
-            segments=_blend_groups(before, index),
+            segments=blend_groups(before, index),
             groups=groups,
             k=settings.eval_k,
             seed=settings.seed,
