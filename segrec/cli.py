@@ -332,7 +332,8 @@ def evaluate() -> None:
 
 
 def run_train(settings: Settings, *, export: bool) -> None:
-    from training.train.evaluate import BLEND
+    from training.evaluation.oracle import describe as describe_oracle
+    from training.train.evaluate import BLEND, METHOD_LABELS
     from training.train.pipeline import run_training
     from training.train.report import write_reports
 
@@ -354,13 +355,14 @@ def run_train(settings: Settings, *, export: bool) -> None:
             table.add_column(column)
         for name, metrics in result.runs.items():
             table.add_row(
-                name,
+                METHOD_LABELS.get(name, name),
                 f"{metrics.means['ndcg']:.4f}",
                 f"{metrics.means['hit_rate']:.4f}",
                 f"{metrics.means['recall']:.4f}",
                 f"{metrics.coverage or 0:.3f}",
             )
         console.print(table)
+    console.print(describe_oracle(run.oracle))
     console.print(
         f"Blend weights fitted for {len(run.blender.segment_ids_)} segments "
         f"({len(run.blender.backed_off_)} backed off to global); reports -> {json_path}, "

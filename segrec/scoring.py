@@ -244,6 +244,19 @@ def score_buy_again(
     return _finish(lookup(items, totals, cand) * rate[cand], valid)
 
 
+def score_interest(
+    arrays: Arrays, state: CustomerState, candidates: np.ndarray | None
+) -> np.ndarray:
+    """Recency-decayed views and carts of each candidate by this customer.
+
+    Arrays: ``event_weights`` (per event type code), ``n_items`` and ``half_life_days``
+    (scalars).
+    """
+    items, totals = event_totals(state, arrays["event_weights"], float(arrays["half_life_days"]))
+    cand, valid = _candidates(candidates, int(arrays["n_items"]))
+    return _finish(lookup(items, totals, cand), valid)
+
+
 def score_svd(arrays: Arrays, state: CustomerState, candidates: np.ndarray | None) -> np.ndarray:
     """Biased matrix factorisation: ``mu + b_u + b_i + p_u . q_i``, unclipped.
 
@@ -448,6 +461,7 @@ SCORERS: dict[str, Scorer] = {
     "new_arrivals": score_new_arrivals,
     "popularity": score_popularity,
     "buy_again": score_buy_again,
+    "interest": score_interest,
     "svd": score_svd,
     "als": score_als,
     "content": score_content,

@@ -341,6 +341,22 @@ class Settings(BaseSettings):
         description="Validation customers a segment needs for its own blend weights; fewer "
         "back off to the global blend.",
     )
+    blend_max_customers: int = Field(
+        2000,
+        ge=1,
+        description="Most validation customers the blend weights are fitted on: above it, a "
+        "sample seeded by SEGREC_SEED and stratified by segment (every segment keeps "
+        "blend_min_customers). Their score stacks take about 2 x customers x models x "
+        "items x 8 bytes (2000 customers: 1.1 GB at 3,700 items, 5.8 GB at 20,000).",
+    )
+    blend_validation_windows: int = Field(
+        2,
+        ge=1,
+        description="Temporal protocol: rolling validation windows pooled for the blend fit "
+        "(each SEGREC_EVAL_VALIDATION_DAYS long, ending where the next begins, scored by "
+        "models refitted on the events before it), so small segments get more validation "
+        "customers; 1 = the validation window only.",
+    )
     blend_max_seconds: float = Field(
         60.0, gt=0, description="Time budget for fitting all blend weights."
     )
@@ -358,6 +374,13 @@ class Settings(BaseSettings):
     )
     trending_half_life_days: float = Field(
         14.0, gt=0, description="Half-life of the trending popularity model."
+    )
+    interest_half_life_days: float = Field(
+        180.0,
+        gt=0,
+        description="Recency half-life of the customer's own views and carts in the interest "
+        "model (items viewed or carted again and again, not bought yet); its blend share is "
+        "fitted on the validation view where seen items are candidates.",
     )
     new_arrivals_half_life_days: float = Field(
         21.0,

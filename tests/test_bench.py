@@ -212,17 +212,22 @@ def test_training_results_keep_counts_measured_before(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_stages_run_in_their_own_processes(tmp_path: Path) -> None:
+def test_training_stages_run_in_their_own_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stages read settings from the environment, as make train does.
+    monkeypatch.setenv("SEGREC_BLEND_MAX_CUSTOMERS", "12")
     seen: list[list[str]] = []
     measured = measure_size(
         8000,
         42,
         tmp_path,
         repeats=1,
-        stages=("import", "als"),
+        stages=("import", "als", "blend"),
         checkpoint=lambda size: seen.append(list(size["stages"])),
     )
-    assert seen == [["import"], ["import", "als"]]  # what a run cut short would leave
+    # What a run cut short would leave.
+    assert seen == [["import"], ["import", "als"], ["import", "als", "blend"]]
     assert 0.75 * 8000 < measured["events"] < 1.25 * 8000
     for stage in ("import", "als"):
         figures = measured["stages"][stage]
@@ -230,6 +235,12 @@ def test_training_stages_run_in_their_own_processes(tmp_path: Path) -> None:
         assert 0 < figures["seconds"]["median"] < figures["wall_seconds"]["median"]
         assert figures["peak_mb"]["min"] > 50  # an interpreter with pandas, at least
     assert measured["stages"]["als"]["customers"] > 100
+    # The blend stage is make train's blend fit: a seeded sample of at most the cap.
+    sample = measured["stages"]["blend"]["sample"]
+    assert 0 < sample["customers"] <= 12 < sample["of_customers"]
+    assert sample["seed"] == 42 and sample["max_customers"] == 12
+    validation = measured["stages"]["blend"]["validation_customers"]
+    assert 0 < validation <= sample["of_new_item_customers"]  # earlier windows pooled too
     print(json.dumps(measured["stages"], indent=1))
 
 

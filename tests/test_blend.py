@@ -10,7 +10,7 @@ from segrec.blend import blend, normalise, weights_for
 from segrec.filters import FilterRules
 from segrec.settings import Settings
 from tests.recommender_contract import TOY_END, checkerboard
-from training.models.blend_fit import SegmentBlender, floored, ndcg_at_k
+from training.models.blend_fit import SegmentBlender, floored, ndcg_at_k, sample_customers
 from training.models.interactions import Interactions
 from training.train.evaluate import blended_scores
 from training.train.stacks import (
@@ -55,6 +55,31 @@ def test_each_segment_gets_the_model_that_knows_it() -> None:
         99, blender.segment_ids_, blender.segment_weights_, blender.global_weights_
     )
     np.testing.assert_array_equal(unknown, blender.global_weights_)
+
+
+def test_the_blend_sample_is_seeded_stratified_and_capped() -> None:
+    # Shuffled groups of 600, 300, 60 and 10 customers; at most 200 of the 970.
+    groups = np.random.default_rng(0).permutation(np.repeat([3, 1, 7, 5], [600, 300, 60, 10]))
+    chosen = sample_customers(groups, 200, min_per_group=30, random_state=42)
+    assert len(chosen) == 200 and len(set(chosen.tolist())) == 200
+    assert (np.diff(chosen) > 0).all()  # in the customers' own order
+    counts = dict(zip(*np.unique(groups[chosen], return_counts=True), strict=True))
+    # The small group whole, the one of 60 at the minimum (in proportion it would get 12),
+    # the large ones in proportion to their size: 160 shared 600:300.
+    assert counts == {5: 10, 7: 30, 3: 107, 1: 53}
+    again = sample_customers(groups, 200, min_per_group=30, random_state=42)
+    np.testing.assert_array_equal(chosen, again)
+    other = sample_customers(groups, 200, min_per_group=30, random_state=43)
+    assert set(other.tolist()) != set(chosen.tolist())
+    assert dict(zip(*np.unique(groups[other], return_counts=True), strict=True)) == counts
+    # Under the cap: everyone, in order (the weights are those of the whole set).
+    np.testing.assert_array_equal(sample_customers(groups, 970, min_per_group=30), np.arange(970))
+    # Floors that do not fit in the cap become equal shares; the cap still holds.
+    tight = sample_customers(groups, 50, min_per_group=30, random_state=42)
+    assert np.bincount(groups[tight], minlength=8)[[5, 7, 3, 1]].tolist() == [10, 13, 14, 13]
+    assert len(sample_customers(groups, 0, min_per_group=30)) == 0
+    with pytest.raises(ValueError, match="at least 0"):
+        sample_customers(groups, -1, min_per_group=30)
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -190,6 +215,44 @@ def test_repeat_model_weight_is_fitted_where_repeats_count() -> None:
     assert _blend_ndcg(blender, stack, relevant, segments) == pytest.approx(
         _blend_ndcg(plain, stack, relevant, segments)
     )
+
+
+def test_several_own_history_models_get_their_shares_in_turn() -> None:
+    """Column 2 knows repeat purchases, column 3 viewed items not bought yet: both are held
+    at 0 on new items and each gets a share where the customer's own items count."""
+    rng = np.random.default_rng(11)
+    n, items = 120, 30
+    relevant = np.zeros((n, items), dtype=bool)
+    relevant[np.arange(n), rng.integers(0, items, n)] = True
+    stack = rng.random((n, 4, items))
+    stack[:, 1] += 2.0 * relevant
+    stack[:, 2:] = 0.0  # neither own-history model scores new items
+    stack = normalise(stack)
+    own = relevant.copy()
+    repeats = rng.integers(0, items, n)
+    viewed = rng.integers(0, items, n)
+    own[np.arange(n), repeats] = own[np.arange(n), viewed] = True
+    own_stack = stack.copy()
+    noise = rng.random((n, 2, items))
+    noise[np.arange(n), 0, repeats] += 2.0
+    noise[np.arange(n), 1, viewed] += 2.0
+    own_stack[:, 2:] = normalise(noise)
+    segments = np.zeros(n, dtype=int)
+    view = (own_stack, own, own.sum(1), segments)
+    only_first = SegmentBlender(repeat_model=2).fit(
+        stack, relevant, relevant.sum(1), segments, repeats=view
+    )
+    both = SegmentBlender(repeat_model=(2, 3)).fit(
+        stack, relevant, relevant.sum(1), segments, repeats=view
+    )
+    assert only_first.global_weights_[3] >= 0  # searched on new items: it does nothing there
+    assert both.repeat_share_["global"] > 0 and both.repeat_share_["3:global"] > 0
+    assert both.global_weights_.sum() == pytest.approx(1.0)
+    assert _blend_ndcg(both, own_stack, own, segments) > _blend_ndcg(
+        only_first, own_stack, own, segments
+    )
+    with pytest.raises(ValueError, match="repeat_model 7"):
+        SegmentBlender(repeat_model=(2, 7)).fit(stack, relevant, relevant.sum(1), segments)
 
 
 def test_a_freshly_launched_product_of_the_favourite_category_reaches_the_blend() -> None:

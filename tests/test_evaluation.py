@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import json
 import math
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import Dataset
-from training.evaluation import intervals, metrics, protocols
+from training.evaluation import intervals, metrics, oracle, protocols
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from training.evaluation.metrics import (
     average_precision_at_k,
@@ -47,7 +48,7 @@ SEED = 42
 L2, L3 = math.log2(3), math.log2(4)  # discounts of ranks 2 and 3: 1/log2(r + 1)
 
 
-@pytest.mark.parametrize("module", [metrics, protocols, intervals])
+@pytest.mark.parametrize("module", [metrics, protocols, intervals, oracle])
 def test_docstring_examples(module: ModuleType) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
@@ -614,3 +615,148 @@ def test_score_histograms_separate_relevant_from_other_items() -> None:
     assert histograms["relevant"][-1] == 2 and sum(histograms["relevant"]) == 2
     # Sampled others all score 0.07 (second bin); the excluded item never counts.
     assert sum(histograms["other"]) == histograms["other"][1] > 0
+
+
+# ---------------------------------------------------------------------------- oracle
+
+
+def test_oracle_ids_follow_cleanings_merges_not_raw_ids() -> None:
+    """Raw records merged by cleaning score as one clean customer; a raw id cleaning
+    never kept (erased, or another secret) has no clean customer."""
+    from segrec.pseudonym import pseudonymise
+    from training.evaluation.oracle import customer_records
+
+    raw_ids = np.array(["100001", "100002", "100003", "100004"], dtype=object)
+    # 100003 re-registered as a duplicate of 100001; 100004 erased before cleaning.
+    id_map = pd.DataFrame(
+        {
+            "source_customer_id": [pseudonymise(r, "s") for r in ("100001", "100002", "100003")],
+            "customer_id": ["c_one", "c_two", "c_one"],
+        }
+    )
+    records = customer_records(raw_ids, id_map, "s")
+    assert set(records) == {"c_one", "c_two"}
+    assert records["c_one"].tolist() == [0, 2] and records["c_two"].tolist() == [1]
+    assert customer_records(raw_ids, id_map, "another secret") == {}
+
+
+@pytest.fixture(scope="module")
+def tiny_world() -> oracle.GeneratorOracle:
+    import datetime as dt
+
+    from training.data.synthetic.generator import replay
+
+    return oracle.GeneratorOracle(replay("tiny", SEED, dt.date(2026, 10, 31)), {})
+
+
+def test_oracle_view_chances_are_the_generators_draws(tiny_world: oracle.GeneratorOracle) -> None:
+    """The oracle's view distribution against the generator's own view draws, at a time
+    with products still to launch (drawn as their group's oldest) and some trending."""
+    from training.data.synthetic.sessions import SessionSimulator
+
+    world = tiny_world.world
+    simulator = SessionSimulator(world.population, world.catalogue, world.sampler)
+    t = int(world.start.astype(np.int64)) + 200 * 86400
+    assert (tiny_world.launch > t).any()
+    customers = np.array([1, 2, 3])
+    rows = tiny_world._records(customers)
+    expected = tiny_world.view_probabilities(rows, t, np.arange(world.catalogue.n))
+    np.testing.assert_allclose(expected.sum(1), 1.0)
+    rng = np.random.default_rng(SEED)
+    draws = 100_000
+    for row, customer in enumerate(customers):
+        who = np.full(draws, customer)
+        viewed = simulator._choose_products(
+            who, world.population.persona[who], np.full(draws, t), rng
+        )
+        seen = np.bincount(viewed, minlength=world.catalogue.n) / draws
+        # Sampling noise alone gives a total variation near 0.01 here.
+        assert 0.5 * np.abs(seen - expected[row]).sum() < 0.03
+
+
+def test_oracle_purchase_chances_are_calibrated(tiny_world: oracle.GeneratorOracle) -> None:
+    """Simulated again and again, customers buy in the window what the oracle expects."""
+    from training.data.synthetic.sessions import SessionSimulator
+
+    world = tiny_world.world
+    everyone = np.arange(world.population.n)
+    end = int(world.end.astype(np.int64))
+    start = end - 28 * 86400
+    chance = 1.0 - np.exp(-tiny_world._hazard(tiny_world._records(everyone), start, end))
+    rng = np.random.default_rng(SEED)
+    bought = np.zeros_like(chance)
+    rounds = 100
+    for _ in range(rounds):
+        events = SessionSimulator(world.population, world.catalogue, world.sampler).simulate(
+            everyone, rng
+        )
+        window = events[(events["type"] == "purchase") & events["ts"].between(start + 1, end)]
+        once = np.zeros_like(chance, dtype=bool)
+        once[window["customer"].to_numpy(), window["product"].to_numpy()] = True
+        bought += once
+    # ~78 distinct (customer, product) purchases a round: the mean of 100 rounds is
+    # within 1.5% (one standard error) of the truth.
+    assert bought.sum() / rounds == pytest.approx(chance.sum(), rel=0.06)
+    likely = chance > 0.03
+    assert bought[likely].sum() / rounds == pytest.approx(chance[likely].sum(), rel=0.12)
+
+
+def test_the_oracle_ranks_above_every_model_on_the_tiny_storefront(tiny: Dataset) -> None:
+    """The ceiling on real clean data: the replayed generator, its ids mapped through
+    cleaning, beats popularity and random, and no trained model beats it."""
+    from segrec.settings import Settings
+    from training.models.interactions import Interactions
+    from training.train.pipeline import held_out
+    from training.train.stacks import fit_models, make_models, score_stack
+
+    clean = tiny.clean("events")
+    split = temporal_protocol(clean, test_days=28, validation_days=28)
+    found, info = oracle.load_oracle(tiny.settings, split)
+    assert found is not None and info["available"] and info["seed"] == SEED
+    assert info["clean_customers"] == len(tiny.clean("customers"))
+    customers = tiny.clean("customers")["customer_id"]
+    before = Interactions.from_events(
+        split.test.train,
+        products=tiny.clean("products"),
+        reference_time=split.test.reference_time,
+        segments=pd.Series(0, index=customers),
+    )
+    ids, index, held = held_out(split.test, before, new_items_only=False, known_only=False)
+    models = fit_models(make_models(Settings(seed=SEED)), before)
+    stack = score_stack(models, before, index)
+    truth = found.scores(ids, before.items)
+    rng = np.random.default_rng(SEED)
+    rankings = {name: stack[:, m] for m, name in enumerate(models)}
+    rankings |= {"oracle": truth, "random": rng.random(truth.shape)}
+    relevant = dict(zip(ids, held, strict=True))
+    k = 10
+    lists = {n: np.argsort(-s, axis=1, kind="stable")[:, :k] for n, s in rankings.items()}
+    ndcg = {
+        n: evaluate_run(dict(zip(ids, top, strict=True)), relevant, k).per_customer["ndcg"]
+        for n, top in lists.items()
+    }
+    assert len(ids) > 30
+    for baseline in ("popularity", "random"):
+        assert paired_bootstrap(ndcg["oracle"], ndcg[baseline], random_state=SEED).low > 0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    expected_dcg = {n: np.take_along_axis(truth, top, 1) @ discount for n, top in lists.items()}
+    for name in models:
+        # In expectation (DCG under the true chances) never beaten, customer by customer;
+        # on the one realised window, no model is better beyond sampling noise.
+        assert (expected_dcg["oracle"] >= expected_dcg[name] - 1e-12).all(), name
+        assert paired_bootstrap(ndcg[name], ndcg["oracle"], random_state=SEED).low < 0, name
+
+
+def test_no_oracle_without_the_generator(tmp_path: Path) -> None:
+    """Imported data has no true preferences: the report says so instead of a row."""
+    from segrec.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", reports_dir=tmp_path / "reports")
+    settings.clean_dir.mkdir(parents=True)
+    manifest = {"data_version": "abc", "source": {"format": "online_retail"}}
+    (settings.clean_dir / "manifest.json").write_text(json.dumps(manifest))
+    events = synthetic_events()
+    found, info = oracle.load_oracle(settings, temporal_protocol(events, test_days=28))
+    assert found is None and not info["available"]
+    assert "not the synthetic generator" in info["reason"]
+    assert oracle.describe(info).startswith("No oracle row: the data came from")

@@ -123,8 +123,8 @@ def test_profiles_take_overrides_then_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SEGREC_LOADTEST_P99_MS", "7")
     assert load_profile("steady").budgets.p99_ms == 7
     assert load_profile("steady", overrides={"p99_ms": 3}).budgets.p99_ms == 3  # flag wins
-    step = load_profile("step", overrides={"rps": 100, "step_s": 10})
-    assert step.step is not None and step.step.rates() == [25, 50, 75, 100]
+    step = load_profile("step", overrides={"rps": 200, "step_s": 10})
+    assert step.step is not None and step.step.rates() == [50, 100, 150, 200]
     assert step.planned_seconds == 40
 
 

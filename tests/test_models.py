@@ -44,6 +44,7 @@ from training.models.interactions import (
     held_out_items,
     temporal_split,
 )
+from training.models.interest import Interest
 from training.models.new_arrivals import NewArrivals, launch_age_days
 from training.models.popularity import Popularity
 from training.models.svd import SVD
@@ -112,6 +113,15 @@ class TestBuyAgain(RecommenderContract):
 
     def make_model(self, **params: Any) -> Recommender:
         return BuyAgain(**params)
+
+
+class TestInterest(RecommenderContract):
+    finds_groups = False
+    fills_k = False
+    invalid_params: ClassVar[dict[str, Any]] = {"half_life_days": 0, "cart_weight": -1.0}
+
+    def make_model(self, **params: Any) -> Recommender:
+        return Interest(**params)
 
 
 class TestSVD(RecommenderContract):
@@ -397,6 +407,30 @@ def test_buy_again_ranks_repeats_and_recency() -> None:
     assert smoothed.recommend(-1, k=5)[0].size == 0
 
 
+def test_interest_ranks_repeated_views_and_carts_with_recency() -> None:
+    events = frame(
+        [
+            ("a", "P1", "2025-12-02", "view", np.nan),
+            ("a", "P1", "2026-01-01", "view", np.nan),
+            ("a", "P2", "2026-01-01", "add_to_cart", np.nan),
+            ("a", "P3", "2026-01-01", "purchase", np.nan),
+            ("b", "P3", "2026-01-01", "view", np.nan),
+        ]
+    )
+    data = Interactions.from_events(events, reference_time="2026-01-01")
+    model = Interest(half_life_days=30.0, cart_weight=3.0).fit(data)
+    a = data.customers.index_of("a")
+    # P1: a view 30 days ago (half weight) and one today; P2: a cart today; P3 bought only.
+    np.testing.assert_allclose(model.score(a), [1.5, 3.0, 0.0])
+    assert model.recommend(a, k=5)[0].tolist() == [1, 0]
+    assert model.recommend(a, k=5, exclude=[1])[0].tolist() == [0]
+    assert model.recommend(data.customers.index_of("b"), k=5)[0].tolist() == [2]
+    assert model.recommend(-1, k=5)[0].size == 0
+    # A live view at request time counts like a training one.
+    live = CustomerState(items=[0, 2], types=[0, 0], age_days=[0.0, 0.0])
+    np.testing.assert_allclose(model.score(live), [1.0, 0.0, 1.0])
+
+
 def test_svd_implicit_mapping_follows_the_documented_table() -> None:
     from training.models.svd import implicit_ratings
 
@@ -441,7 +475,7 @@ def test_svd_numpy_scores_match_surprise_and_never_enumerate_pairs(
 
     monkeypatch.setattr(surprise.Trainset, "build_anti_testset", forbidden)
     data = toy_interactions()
-    model = SVD(embedding_size=3, epochs=5, random_state=SEED).fit(data)
+    model = SVD(embedding_size=3, epochs=5, random_state=SEED, keep_surprise=True).fit(data)
     trainset, algo = model.trainset_, model.algo_
     for customer in (0, 13, 39):
         inner_u = trainset.to_inner_uid(customer)

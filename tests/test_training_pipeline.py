@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from segrec.bundle import load_from_bentoml, read_bundle
@@ -15,9 +16,19 @@ from segrec.feature_store import open_store
 from segrec.settings import Settings
 from training.models.blend_fit import FLOORS
 from training.train.evaluate import BLEND, RANDOM
-from training.train.pipeline import TrainingRun
+from training.train.pipeline import (
+    TrainingRun,
+    _interactions,
+    _split,
+    blend_groups,
+    earlier_windows,
+    fit_blend,
+    held_out,
+    load_segments,
+)
 from training.train.report import write_reports
 from training.train.search import GRIDS
+from training.train.stacks import fit_models, make_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,6 +79,14 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
         >= max(singles.values()) - 1e-5
     )
     assert set(report["blend"]["repeat_share"]) >= {"global"}
+    # Fewer validation customers than the cap: every one of them, and the report says so.
+    sample = report["blend"]["sample"]
+    assert sample["seed"] == settings.seed
+    assert sample["max_customers"] == settings.blend_max_customers
+    assert sample["customers"] == sample["of_customers"] < settings.blend_max_customers
+    assert sample["new_item_customers"] == sample["of_new_item_customers"]
+    # The validation window's customers, and those of the earlier windows pooled with it.
+    assert sample["of_new_item_customers"] >= run.customers["validation"]
     search = report["hyperparameter_search"]
     # The defaults are always tried first, so the search never does worse than them.
     for model in ("als", "svd"):
@@ -101,8 +120,6 @@ def test_the_bundle_round_trips_with_numpy_and_through_bentoml(
 def test_customer_factors_are_online(trained: tuple[Settings, TrainingRun]) -> None:
     settings, run = trained
     assert run.export is not None and run.export.customers_written > 1000
-    import pandas as pd
-
     offline = pd.read_parquet(settings.features_dir / "customer_embeddings.parquet")
     sample = offline.head(3)
     online = (
@@ -116,3 +133,74 @@ def test_customer_factors_are_online(trained: tuple[Settings, TrainingRun]) -> N
     for got, expected in zip(online["als_factors"], sample["als_factors"], strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert set(online["model_version"]) == {run.export.bundle_version}
+
+
+def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
+    trained: tuple[Settings, TrainingRun],
+) -> None:
+    settings, _ = trained
+    capped = settings.model_copy(update={"blend_max_customers": 400, "blend_max_seconds": 2.0})
+    events = pd.read_parquet(settings.clean_dir / "events.parquet")
+    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    split = _split(settings, events)
+    segment_of = load_segments(settings)["segment_id"].astype("int64")
+    train = _interactions(split.validation, products, segment_of)
+    models = fit_models(make_models(settings), train)
+    main = held_out(split.validation, train, new_items_only=True, known_only=False)
+    rep = held_out(split.validation, train, new_items_only=False, known_only=False)
+    fitted = fit_blend(capped, models, train, main, rep)
+    sample = fitted.sample
+    assert sample["customers"] == 400 < sample["of_customers"]
+    assert sample["seed"] == settings.seed and sample["max_customers"] == 400
+    assert fitted.blender.single_ndcg_  # fitted on the sample
+    # Each blend group keeps min(its new-item customers, the minimum) in the main view.
+    counted = fitted.blender.validation_customers_
+    groups, everyone = np.unique(blend_groups(train, main[1]), return_counts=True)
+    for group, n in zip(groups.tolist(), everyone.tolist(), strict=True):
+        assert counted[group] >= min(n, settings.blend_min_customers), (group, counted, n)
+    # The main view keeps its share of the sample (the rest only fits buy-again's share).
+    main_share = round(400 * sample["of_new_item_customers"] / sample["of_customers"])
+    assert sum(counted.values()) == sample["new_item_customers"] == main_share
+
+
+def test_earlier_validation_windows_are_pooled_for_the_blend(
+    trained: tuple[Settings, TrainingRun],
+) -> None:
+    """A second window ends where the validation window begins; its models never see it."""
+    settings, _ = trained
+    one = settings.model_copy(update={"blend_validation_windows": 1, "blend_max_seconds": 2.0})
+    two = one.model_copy(update={"blend_validation_windows": 2})
+    events = pd.read_parquet(settings.clean_dir / "events.parquet")
+    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    split = _split(settings, events)
+    segment_of = load_segments(settings)["segment_id"].astype("int64")
+    assert earlier_windows(one, split, products, segment_of, {}) == []
+    (window,) = earlier_windows(two, split, products, segment_of, {})
+    cut = split.validation.reference_time - pd.Timedelta(days=settings.eval_validation_days)
+    assert window.train.reference_time == cut
+    assert window.rep[0] and set(window.main[0]) <= set(window.rep[0])
+    train = _interactions(split.validation, products, segment_of)
+    models = fit_models(make_models(settings), train)
+    main = held_out(split.validation, train, new_items_only=True, known_only=False)
+    rep = held_out(split.validation, train, new_items_only=False, known_only=False)
+    alone = fit_blend(one, models, train, main, rep).sample
+    pooled = fit_blend(two, models, train, main, rep, [window]).sample
+    assert alone["windows"] == 1 and pooled["windows"] == 2
+    assert pooled["of_customers"] == alone["of_customers"] + len(window.rep[0])
+    assert pooled["new_item_customers"] == alone["new_item_customers"] + len(window.main[0])
+
+
+def test_the_generators_oracle_is_the_ceiling_row(trained: tuple[Settings, TrainingRun]) -> None:
+    """Synthetic data with a known seed: every view has the oracle row (the generator's
+    true preferences), measured on the same customers, and the report says where it came
+    from."""
+    from training.evaluation.oracle import ORACLE
+
+    settings, run = trained
+    assert run.oracle["available"] and run.oracle["seed"] == settings.seed
+    assert run.oracle["data_version"] and run.oracle["generator_version"]
+    for view in ("new_items", "repeats_allowed", "filtered"):
+        runs = run.results[view].runs
+        assert runs[ORACLE].n_customers == runs[BLEND].n_customers
+        assert runs[ORACLE].means["ndcg"] > runs["popularity"].means["ndcg"]
+        assert runs[ORACLE].means["ndcg"] > runs[RANDOM].means["ndcg"]

@@ -10,8 +10,11 @@ which includes the interpreter, the imports and the stage's inputs) is its own:
 - ``segmentation``: choose k, fit, profile, version (``make segments``, without Feast);
 - ``svd``, ``als``, ``content``: one model's ``fit`` on every event, default settings;
 - ``blend``: score the validation customers with every model and fit the blend weights
-  per segment (``make train``'s step 1; the models are fitted first, untimed, in the same
-  process). ``Settings.blend_max_seconds`` caps the weight search.
+  per segment (``make train``'s step 1, :func:`training.train.pipeline.fit_blend`, with
+  its earlier validation windows; the models of every window are fitted first, untimed,
+  in the same process). ``Settings.blend_max_customers`` caps the customers scored (a
+  seeded sample, stratified by segment, above it) and ``Settings.blend_max_seconds`` the
+  weight search.
 
 ``seconds`` is the stage's own work, from inputs loaded to outputs written (interpreter
 start and imports excluded); ``OPENBLAS_NUM_THREADS=1`` as for training (multi-threaded
@@ -131,40 +134,32 @@ def stage_model(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
-    import numpy as np
+    import pandas as pd
 
-    from training.models.blend_fit import SegmentBlender
-    from training.train.pipeline import blend_groups, held_out
-    from training.train.stacks import (
-        exclude,
-        fit_models,
-        make_models,
-        relevant_mask,
-        score_stack,
-        seen_mask,
-    )
+    from training.train.pipeline import earlier_windows, fit_blend, held_out, load_segments
+    from training.train.stacks import fit_models, make_models
 
     started = time.perf_counter()
     train, split = _training_data(settings, "validation")
     models = fit_models(make_models(settings), train)
+    # The earlier validation windows make train pools, with their own models (untimed too).
+    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    segment_of = load_segments(settings)["segment_id"].astype("int64")
+    earlier = earlier_windows(settings, split, products, segment_of, {})
     prepared = time.perf_counter()
-    _, index, held = held_out(split.validation, train, new_items_only=True, known_only=False)
-    relevant = relevant_mask(held, train.n_items)
-    stack = exclude(score_stack(models, train, index), seen_mask(train, index))
-    scored = time.perf_counter()
-    SegmentBlender(
-        k=settings.eval_k,
-        min_customers=settings.blend_min_customers,
-        max_seconds=settings.blend_max_seconds,
-    ).fit(stack, relevant, np.array([len(h) for h in held]), blend_groups(train, index))
+    main = held_out(split.validation, train, new_items_only=True, known_only=False)
+    rep = held_out(split.validation, train, new_items_only=False, known_only=False)
+    fitted = fit_blend(settings, models, train, main, rep, earlier)
     done = time.perf_counter()
     return {
         "seconds": done - prepared,
-        "score_seconds": scored - prepared,
-        "fit_seconds": done - scored,
+        "score_seconds": fitted.seconds["score"],
+        "fit_seconds": fitted.seconds["fit"],
         "prepare_seconds": prepared - started,
-        "validation_customers": len(index),
-        "stack_mb": round(stack.nbytes / 2**20),
+        "validation_customers": len(main[0]),
+        "sample": fitted.sample,
+        "stack_mb": fitted.sample["stack_mb"],
+        "segments_backed_off": len(fitted.blender.backed_off_),
     }
 
 

@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from segrec.pseudonym import pseudonymise_many
 from training.data.synthetic.catalogue import (
@@ -67,11 +66,15 @@ from training.data.synthetic.catalogue import (
     N_BANDS,
     Catalogue,
     GroupSampler,
-    make_catalogue,
 )
-from training.data.synthetic.generator import GENERATOR_VERSION, HISTORY_DAYS, SIZES
-from training.data.synthetic.personas import PERSONA_NAMES, PERSONAS
-from training.data.synthetic.population import Population, make_population
+from training.data.synthetic.generator import (
+    GENERATOR_VERSION,
+    SIZES,
+    World,
+    matches_ground_truth,
+    replay,
+)
+from training.data.synthetic.personas import PERSONAS
 from training.data.synthetic.sessions import OUT_OF_STOCK_CART_FACTOR
 
 CLICK_RATE = 0.03  # clicks on an indifferent (appeal 1) item in the top slot: ~3%
@@ -125,8 +128,11 @@ class PlantedPreferences:
             )
         size, seed = str(meta["size"]), int(meta["seed"])
         end = dt.date.fromisoformat(str(meta["end"]))
-        catalogue, population = _replay(size, seed, end)
-        _check_against_truth(raw_dir, catalogue, population)
+        if size not in SIZES:
+            raise SimulationError(f"unknown synthetic size {size!r} in source.json")
+        world = replay(size, seed, end)
+        _check_against_truth(raw_dir, world)
+        catalogue, population = world.catalogue, world.population
 
         originals = population.duplicate_of < 0  # duplicates are merged away by cleaning
         raw_ids = population.raw_ids[originals]
@@ -171,33 +177,8 @@ class PlantedPreferences:
         return str(self.catalogue.product_ids[product])
 
 
-def _replay(size: str, seed: int, end: dt.date) -> tuple[Catalogue, Population]:
-    """The generator's first draws, in its order: the catalogue, then the population."""
-    if size not in SIZES:
-        raise SimulationError(f"unknown synthetic size {size!r} in source.json")
-    spec = SIZES[size]
-    rng = np.random.default_rng(seed)
-    end_ts = np.datetime64(dt.datetime.combine(end, dt.time(23, 59, 59)), "s")
-    start_ts = end_ts - np.timedelta64(HISTORY_DAYS * 86400, "s")
-    catalogue = make_catalogue(spec.products, rng, start_ts, end_ts)
-    sampler = GroupSampler(catalogue)
-    population = make_population(spec.customers, catalogue, sampler, rng, start_ts, end_ts)
-    return catalogue, population
-
-
-def _check_against_truth(raw_dir: Path, catalogue: Catalogue, population: Population) -> None:
-    truth = pd.read_parquet(raw_dir / "ground_truth.parquet")
-    products = pd.read_parquet(raw_dir / "ground_truth_products.parquet")
-    personas = np.array(PERSONA_NAMES)[population.persona]
-    same = (
-        len(truth) == population.n
-        and (truth["raw_customer_id"].to_numpy() == population.raw_ids).all()
-        and (truth["persona"].to_numpy() == personas).all()
-        and len(products) == catalogue.n
-        and (products["product_id"].to_numpy() == catalogue.product_ids).all()
-        and np.allclose(products["list_price"].to_numpy(), catalogue.price)
-    )
-    if not same:
+def _check_against_truth(raw_dir: Path, world: World) -> None:
+    if not matches_ground_truth(raw_dir, world):
         raise SimulationError(
             f"replaying the generator does not reproduce the ground truth in {raw_dir}: "
             "the data was made by different generator code; regenerate it (`make data`)"

@@ -53,6 +53,9 @@ class Recommender(BaseEstimator, ABC):
     """
 
     kind: ClassVar[str]
+    # Models that only re-rank the customer's own items (buy again, interest) score every
+    # other item 0: recommending those would pad the list with arbitrary items.
+    recommends_only_scored: ClassVar[bool] = False
 
     def fit(self, interactions: Interactions) -> Self:
         """Learn from ``interactions``; returns ``self``."""
@@ -126,13 +129,18 @@ class Recommender(BaseEstimator, ABC):
         """The top ``k`` items and their scores, best first (ties: lower index first).
 
         Nothing is filtered unless asked: pass the items to leave out (seen, purchased,
-        out of stock) as ``exclude``, and restrict the ranking with ``candidates``.
+        out of stock) as ``exclude``, and restrict the ranking with ``candidates``. Models
+        with ``recommends_only_scored`` return only items scoring above 0, so fewer than
+        ``k`` may come back.
         """
         items = None if candidates is None else np.asarray(candidates, dtype=np.int64)
         scores = self.score(customer, items)
-        return top_k(
+        best, best_scores = top_k(
             scores, k, items=items, exclude=None if exclude is None else np.asarray(exclude)
         )
+        if self.recommends_only_scored:
+            return best[best_scores > 0], best_scores[best_scores > 0]
+        return best, best_scores
 
     def similar_items(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items most similar to ``item`` and their similarities."""

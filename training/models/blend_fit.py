@@ -16,18 +16,22 @@ segment starts from the global weights and its result is shrunk towards them by
 the global ones on the segment, the segment keeps the global weights. Small segments
 would otherwise get weights fitted to noise.
 
-Repeat purchases (``repeat_model``, the buy-again model): on the main validation view
-(new items only) that model cannot score anything, so its weight is held at 0 there and
-fitted afterwards on a second view where repeats count (``repeats`` in :meth:`fit`): the
-share ``s`` of the repeat model, the other weights scaled by ``1 - s``, chosen on a grid,
-globally and per segment under the same minimum-data rule and shrinkage.
+Own-history models (``repeat_model``: the buy-again model, and the interest model of
+viewed and carted items): on the main validation view (new items only) such a model
+cannot score anything, so its weight is held at 0 there and fitted afterwards on a second
+view where the customer's own items count (``repeats`` in :meth:`fit`, the view serving
+shows: only purchases outside repeat categories are filtered): the shares ``s_j`` of those
+models, the other weights scaled by ``1 - sum s_j``, chosen jointly on a grid, globally
+and per segment under the same minimum-data rule and shrinkage.
 
 New products (``floor_model``, the new-arrivals model): a product launched after
 training has no interactions, so only that model ranks it; a weight fitted to the average
 customer may leave it too little to ever reach a list. Its weight is raised to a floor,
 the largest of :data:`FLOORS` whose validation NDCG (of the whole per-segment blend) is
 at least ``1 - floor_tolerance`` times the best floor's and no lower than the best single
-model's; 0 when every positive floor costs more than that.
+model's; 0 when every positive floor costs more than that. The floor is chosen before
+the own-history shares are fitted (on the models that score new items) and applied again
+after them, so the new-arrivals weight is at least the floor in every row.
 
 Examples
 --------
@@ -44,6 +48,8 @@ Examples
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -84,8 +90,9 @@ class SegmentBlender(BaseEstimator):
         Coordinate-ascent rounds at most.
     max_seconds : float, default=60
         Time budget for the whole fit; segments left when it runs out use global weights.
-    repeat_model : int or None, default=None
-        Column of the model whose weight is fitted on the ``repeats`` view only.
+    repeat_model : int, sequence of int or None, default=None
+        Column(s) of the models whose weights are fitted on the ``repeats`` view only, in
+        this order.
     floor_model : int or None, default=None
         Column of the new-products model whose weight gets the validated floor.
     floor_tolerance : float, default=0.02
@@ -100,7 +107,7 @@ class SegmentBlender(BaseEstimator):
         grid: int = 11,
         rounds: int = 3,
         max_seconds: float = 60.0,
-        repeat_model: int | None = None,
+        repeat_model: int | Sequence[int] | None = None,
         floor_model: int | None = None,
         floor_tolerance: float = 0.02,
     ) -> None:
@@ -113,6 +120,13 @@ class SegmentBlender(BaseEstimator):
         self.floor_model = floor_model
         self.floor_tolerance = floor_tolerance
 
+    def _repeat_columns(self) -> tuple[int, ...]:
+        if self.repeat_model is None:
+            return ()
+        if isinstance(self.repeat_model, (int, np.integer)):
+            return (int(self.repeat_model),)
+        return tuple(int(c) for c in self.repeat_model)
+
     def _value(
         self, weights: np.ndarray, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray
     ) -> float:
@@ -124,7 +138,8 @@ class SegmentBlender(BaseEstimator):
     def _start(self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
         """The best of each single model and equal weights (first wins ties)."""
         n_models = stack.shape[1]
-        searched = [m for m in range(n_models) if m != self.repeat_model]
+        held = self._repeat_columns()
+        searched = [m for m in range(n_models) if m not in held]
         equal = np.zeros(n_models)
         equal[searched] = 1.0 / len(searched)
         starts = [np.eye(n_models)[m] for m in searched] + [equal]
@@ -140,29 +155,27 @@ class SegmentBlender(BaseEstimator):
         start: np.ndarray,
     ) -> tuple[np.ndarray, float]:
         n_models = stack.shape[1]
+        held = np.zeros(n_models, dtype=bool)
+        held[list(self._repeat_columns())] = True
         weights = start.copy()
         best = self._value(weights, stack, relevant, n_relevant)
         steps = np.linspace(0.0, 1.0, self.grid)
         for _ in range(self.rounds):
             improved = False
             for model in range(n_models):
-                if model == self.repeat_model:
+                if held[model]:
                     continue
+                # The own-history models stay at 0 while the others share the rest.
+                free = np.delete(~held, model)
                 for step in steps:
                     if time.perf_counter() > deadline:
                         return weights, best
-                    others = np.delete(weights, model)
-                    if self.repeat_model is not None:
-                        # The repeat model stays at 0 while the others share the rest.
-                        held = self.repeat_model - (self.repeat_model > model)
-                        others[held] = 0.0
+                    others = np.delete(weights, model) * free
                     total = others.sum()
                     if total > 0:
                         rest = others / total * (1 - step)
                     else:
-                        fill = np.ones(n_models - 1)
-                        if self.repeat_model is not None:
-                            fill[self.repeat_model - (self.repeat_model > model)] = 0.0
+                        fill = free.astype(np.float64)
                         rest = fill / max(fill.sum(), 1.0) * (1 - step)
                     trial = np.insert(rest, model, step)
                     score = self._value(trial, stack, relevant, n_relevant)
@@ -193,9 +206,11 @@ class SegmentBlender(BaseEstimator):
             )
         if self.grid < 2 or self.k < 1:
             raise ValueError("grid must be at least 2 and k at least 1")
-        for name in ("repeat_model", "floor_model"):
-            column = getattr(self, name)
-            if column is not None and not 0 <= column < stack.shape[1]:
+        columns = [("repeat_model", c) for c in self._repeat_columns()]
+        if self.floor_model is not None:
+            columns.append(("floor_model", self.floor_model))
+        for name, column in columns:
+            if not 0 <= column < stack.shape[1]:
                 raise ValueError(f"{name} {column} is not a column of the stack")
         if not 0 <= self.floor_tolerance < 1:
             raise ValueError("floor_tolerance must be in [0, 1)")
@@ -237,13 +252,19 @@ class SegmentBlender(BaseEstimator):
             weights.append(final)
             self.validation_ndcg_[int(segment)] = round(value, 4)
         self.segment_weights_ = np.vstack(weights) if weights else np.zeros((0, stack.shape[1]))
-        self.repeat_share_: dict[str, float] = {}
-        if self.repeat_model is not None and repeats is not None:
-            self._fit_repeat_share(*repeats)
+        # The floor is chosen first, on the weights of the models that score new items;
+        # the own-history shares scale every weight, so the floor is applied again after.
         self.new_product_floor_ = 0.0
         self.floor_ndcg_: dict[str, float] = {}
         if self.floor_model is not None:
             self._fit_floor(stack, relevant, n_relevant, segments)
+        self.repeat_share_: dict[str, float] = {}
+        if self.repeat_model is not None and repeats is not None:
+            self._fit_repeat_share(*repeats)
+            if self.floor_model is not None:
+                floor = self.new_product_floor_
+                self.global_weights_ = floored(self.global_weights_, self.floor_model, floor)
+                self.segment_weights_ = floored(self.segment_weights_, self.floor_model, floor)
         return self
 
     def _per_customer(self, segments: np.ndarray) -> np.ndarray:
@@ -253,31 +274,44 @@ class SegmentBlender(BaseEstimator):
     def _fit_repeat_share(
         self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: np.ndarray
     ) -> None:
-        """The repeat model's share, globally then per segment, on the repeats view."""
+        """The own-history models' shares, globally then per segment, on the repeats view:
+        every combination of grid shares summing to at most 1 is tried jointly (ties: the
+        smallest total share). ``repeat_share_`` holds the first model's share under
+        ``global`` and each segment id, a later model's under ``<column>:<key>``."""
         stack, relevant, n_relevant, segments = _with_relevant(
             stack, relevant, n_relevant, segments
         )
-        unit = np.eye(stack.shape[1])[self.repeat_model]
+        columns = self._repeat_columns()
+        units = np.eye(stack.shape[1])[list(columns)]
         steps = np.linspace(0.0, 1.0, self.grid)
+        combos = [np.array(c) for c in product(steps, repeat=len(columns)) if sum(c) <= 1 + 1e-9]
+        combos.sort(key=lambda c: (round(float(c.sum()), 9), tuple(c)))
 
-        def best_share(base: np.ndarray, chosen: np.ndarray) -> float:
+        def mixed(base: np.ndarray, shares: np.ndarray) -> np.ndarray:
+            return (1 - shares.sum()) * base + shares @ units
+
+        def best_shares(base: np.ndarray, chosen: np.ndarray) -> np.ndarray:
             part = stack[chosen], relevant[chosen], n_relevant[chosen]
-            values = [self._value((1 - s) * base + s * unit, *part) for s in steps]
-            return float(steps[int(np.argmax(values))])  # ties: the smallest share
+            values = [self._value(mixed(base, c), *part) for c in combos]
+            return combos[int(np.argmax(values))]
 
-        everyone = np.ones(len(stack), dtype=bool)
-        overall = best_share(self.global_weights_, everyone)
-        self.repeat_share_["global"] = overall
+        def record(key: str, shares: np.ndarray) -> None:
+            for position, (column, share) in enumerate(zip(columns, shares, strict=True)):
+                prefix = "" if position == 0 else f"{column}:"
+                self.repeat_share_[f"{prefix}{key}"] = round(float(share), 4)
+
+        overall = best_shares(self.global_weights_, np.ones(len(stack), dtype=bool))
+        record("global", overall)
         for row, segment in enumerate(self.segment_ids_):
             chosen = segments == segment
-            share = overall
+            shares = overall
             if int(segment) not in self.backed_off_ and chosen.sum() >= self.min_customers:
-                own = best_share(self.segment_weights_[row], chosen)
+                own = best_shares(self.segment_weights_[row], chosen)
                 data_share = chosen.sum() / (chosen.sum() + self.min_customers)
-                share = data_share * own + (1 - data_share) * overall
-            self.repeat_share_[str(int(segment))] = round(share, 4)
-            self.segment_weights_[row] = (1 - share) * self.segment_weights_[row] + share * unit
-        self.global_weights_ = (1 - overall) * self.global_weights_ + overall * unit
+                shares = data_share * own + (1 - data_share) * overall
+            record(str(int(segment)), shares)
+            self.segment_weights_[row] = mixed(self.segment_weights_[row], shares)
+        self.global_weights_ = mixed(self.global_weights_, overall)
 
     def _fit_floor(
         self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: np.ndarray
@@ -320,9 +354,67 @@ def floored(weights: np.ndarray, column: int, floor: float) -> np.ndarray:
     return weights
 
 
+def sample_customers(
+    groups: np.ndarray, max_customers: int, *, min_per_group: int, random_state: Any = None
+) -> np.ndarray:
+    """Sorted positions of at most ``max_customers`` customers, drawn without replacement
+    within each of their ``groups`` (all of them when there are no more than that).
+
+    Every group keeps ``min(its size, min_per_group)`` customers (an equal share of
+    ``max_customers`` when the groups together would need more), so a group the
+    minimum-data rule would fit on its own stays fitted; the others are represented in
+    proportion to their size (largest remainders).
+
+    >>> groups = np.repeat([0, 1, 2], [600, 300, 10])
+    >>> chosen = sample_customers(groups, 100, min_per_group=20, random_state=0)
+    >>> np.bincount(groups[chosen]).tolist()
+    [60, 30, 10]
+    """
+    groups = np.asarray(groups)
+    if max_customers < 0:
+        raise ValueError(f"max_customers must be at least 0, got {max_customers}")
+    if len(groups) <= max_customers:
+        return np.arange(len(groups))
+    _, member_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    counts = _allocate(sizes, max_customers, min_per_group)
+    rng = np.random.default_rng(random_state)
+    chosen = [
+        rng.choice(np.flatnonzero(member_of == group), size=count, replace=False)
+        for group, count in enumerate(counts)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _allocate(sizes: np.ndarray, total: int, minimum: int) -> np.ndarray:
+    """Customers drawn per group (``sizes.sum() > total``): the floors first, smallest
+    groups first, then ``total`` shared in proportion to size, no group below its floor."""
+    floors = np.zeros(len(sizes), dtype=np.int64)
+    left = total
+    for position, group in enumerate(np.argsort(sizes, kind="stable")):
+        floors[group] = min(sizes[group], minimum, left // (len(sizes) - position))
+        left -= floors[group]
+    # Groups whose proportional share is below their floor get the floor; the others
+    # share the rest in proportion to their size.
+    fixed = np.zeros(len(sizes), dtype=bool)
+    while True:
+        free = total - floors[fixed].sum()
+        share = free * sizes / sizes[~fixed].sum()
+        below = ~fixed & (share < floors)
+        if not below.any():
+            break
+        fixed |= below
+    counts = np.where(fixed, floors, np.floor(share).astype(np.int64))
+    remainder = np.where(fixed, -1.0, share - counts)
+    counts[np.argsort(-remainder, kind="stable")[: free - counts[~fixed].sum()]] += 1
+    return counts
+
+
 def _with_relevant(
     stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The customers with at least one held-out item: the others cannot score NDCG."""
+    """The customers with at least one held-out item: the others cannot score NDCG. No
+    copy when every customer has one (the stacks are large)."""
     keep = n_relevant > 0
+    if keep.all():
+        return stack, relevant, n_relevant, np.asarray(segments)
     return stack[keep], relevant[keep], n_relevant[keep], np.asarray(segments)[keep]

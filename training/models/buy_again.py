@@ -6,11 +6,10 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 from sklearn.utils import check_scalar
 
-from segrec.scoring import PURCHASE, CustomerState
+from segrec.scoring import PURCHASE
 from training.models.base import Recommender
 from training.models.interactions import Interactions
 
@@ -54,6 +53,7 @@ class BuyAgain(Recommender):
     """
 
     kind = "buy_again"
+    recommends_only_scored = True
 
     def __init__(self, *, half_life_days: float = 90.0, repeat_prior: float = 10.0) -> None:
         self.half_life_days = half_life_days
@@ -84,19 +84,6 @@ class BuyAgain(Recommender):
         # A catalogue without repeats would make every score 0; rank by recency alone then.
         if not self.repeat_rate_.any():
             self.repeat_rate_ = np.ones(n_items)
-
-    def recommend(
-        self,
-        customer: int | CustomerState,
-        k: int = 10,
-        *,
-        exclude: npt.ArrayLike | None = None,
-        candidates: npt.ArrayLike | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`Recommender.recommend`, but only items the customer bought (score > 0),
-        so fewer than ``k`` (none for a customer without purchases) may come back."""
-        items, scores = super().recommend(customer, k, exclude=exclude, candidates=candidates)
-        return items[scores > 0], scores[scores > 0]
 
     def export_arrays(self) -> dict[str, np.ndarray]:
         """``repeat_rate`` (n_items,) and ``half_life_days`` (scalar)."""

@@ -72,6 +72,11 @@ class SVD(Recommender):
         Implicit mode: age at which an interaction has lost half a star.
     random_state : int, RandomState or None, default=None
         Seeds negative sampling and Surprise's factor initialisation.
+    keep_surprise : bool, default=False
+        Keep Surprise's training set and trained model as ``trainset_`` and ``algo_`` (to
+        check scores against Surprise). Off by default: the training set holds every
+        rating as Python objects in two dicts, gigabytes at ten million events, and
+        scoring needs only the factor arrays.
 
     Attributes
     ----------
@@ -88,9 +93,9 @@ class SVD(Recommender):
     global_mean_ : float
         ``mu``, the mean training rating.
     trainset_ : surprise.Trainset
-        The Surprise training set (raw ids are our indices).
+        The Surprise training set (raw ids are our indices); with ``keep_surprise`` only.
     algo_ : surprise.SVD
-        The trained Surprise model.
+        The trained Surprise model; with ``keep_surprise`` only.
 
     Examples
     --------
@@ -120,6 +125,7 @@ class SVD(Recommender):
         negatives_per_positive: float = 3.0,
         half_life_days: float = 120.0,
         random_state: int | np.random.RandomState | None = None,
+        keep_surprise: bool = False,
     ) -> None:
         self.embedding_size = embedding_size
         self.epochs = epochs
@@ -130,6 +136,7 @@ class SVD(Recommender):
         self.negatives_per_positive = negatives_per_positive
         self.half_life_days = half_life_days
         self.random_state = random_state
+        self.keep_surprise = keep_surprise
 
     def _check_params(self) -> None:
         check_scalar(self.embedding_size, "embedding_size", Integral, min_val=1)
@@ -172,7 +179,8 @@ class SVD(Recommender):
             random_state=int(rng.randint(np.iinfo(np.int32).max)),
         )
         algo.fit(trainset)
-        self.trainset_, self.algo_ = trainset, algo
+        if self.keep_surprise:
+            self.trainset_, self.algo_ = trainset, algo
         self.global_mean_ = float(trainset.global_mean)
         users = [trainset.to_raw_uid(inner) for inner in trainset.all_users()]
         items = [trainset.to_raw_iid(inner) for inner in trainset.all_items()]

@@ -3,6 +3,7 @@ on the same customers, overall and per group (segment, lifecycle stage, cold sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 from segrec.blend import weights_for
 from segrec.filters import FilterRules
 from training.evaluation.metrics import RunMetrics, evaluate_run
+from training.evaluation.oracle import ORACLE, ORACLE_LABEL
 from training.models.blend_fit import SegmentBlender
 from training.train.stacks import EXCLUDED
 
@@ -19,6 +21,7 @@ BLEND = "blend"
 RANDOM = "random"
 SCORE_BINS = np.linspace(0.0, 1.0, 21)
 OTHER_SAMPLE = 200  # non-relevant items sampled per customer for the score histograms
+METHOD_LABELS = {ORACLE: ORACLE_LABEL}  # how tables name methods whose key says too little
 
 
 def score_histograms(
@@ -114,14 +117,21 @@ def evaluate_rankings(
     popularity: np.ndarray | None = None,
     rules: FilterRules | None = None,
     bought: list[np.ndarray] | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> RankingResult:
+    """Every model, the blend, the random baseline and the ``extra`` (customers, items)
+    scores (such as the generator's oracle), ranked over the same candidates: items
+    excluded for every model are excluded for the random and extra rankings too."""
     ids = groups["customer_id"].astype(str).tolist()
     held = {c: np.flatnonzero(row) for c, row in zip(ids, relevant, strict=True)}
     rankings: dict[str, np.ndarray] = {name: stack[:, m] for m, name in enumerate(model_names)}
     rankings[BLEND] = blended_scores(stack, blender, segments)
     rng = np.random.default_rng(seed)
     noise = rng.random(stack.shape[::2])
-    rankings[RANDOM] = np.where((stack <= EXCLUDED).all(axis=1), EXCLUDED, noise)
+    excluded = (stack <= EXCLUDED).all(axis=1)
+    rankings[RANDOM] = np.where(excluded, EXCLUDED, noise)
+    for name, scores in (extra or {}).items():
+        rankings[name] = np.where(excluded, EXCLUDED, scores)
     runs = {
         name: evaluate_run(
             dict(zip(ids, _top_k(scores, k, rules, bought), strict=True)),

@@ -11,6 +11,8 @@ beside them, because in retail many purchases are repeats.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +22,11 @@ import pandas as pd
 from segrec.scoring import EVENT_TYPES
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
+from training.evaluation.oracle import ORACLE, load_oracle
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.laps import Laps
 from training.models.base import Recommender
-from training.models.blend_fit import SegmentBlender
+from training.models.blend_fit import SegmentBlender, sample_customers
 from training.models.interactions import Interactions
 from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
 from training.train.export import Export, export, filter_rules
@@ -41,6 +44,7 @@ from training.train.stacks import (
 
 SEGMENTS_FILE = "customer_segments.parquet"
 REPEAT_MODEL = "buy_again"  # its blend weight is fitted where repeats count
+INTEREST_MODEL = "interest"  # likewise, after buy-again: it only scores items already seen
 NEW_PRODUCT_MODEL = "new_arrivals"  # gets the validated new-product floor
 
 
@@ -62,6 +66,7 @@ def blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
 class TrainingRun:
     model_names: list[str]
     blender: SegmentBlender
+    blend_sample: dict[str, Any]  # the validation customers the blend was fitted on
     results: dict[str, RankingResult]  # protocol -> result
     customers: dict[str, int]
     split: dict[str, Any]
@@ -69,6 +74,7 @@ class TrainingRun:
     export: Export | None = None
     search: SearchResult = field(default_factory=SearchResult)
     rating_errors: dict[str, Any] | None = None
+    oracle: dict[str, Any] = field(default_factory=dict)  # where it came from, or why none
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -115,6 +121,207 @@ def held_out(
     return ids, data.customers.index(ids), [held[c] for c in ids]
 
 
+View = tuple[list[str], np.ndarray, list[np.ndarray]]  # what held_out returns
+
+
+@dataclass(frozen=True)
+class BlendFit:
+    blender: SegmentBlender
+    sample: dict[str, Any]  # who the weights were fitted on, for the report
+    seconds: dict[str, float]  # scoring the sample, fitting the weights
+
+
+@dataclass(frozen=True)
+class BlendWindow:
+    """One validation window: models fitted before it, their data and its customers."""
+
+    models: dict[str, Recommender]
+    train: Interactions
+    main: View  # customers with held-out new items
+    rep: View  # customers with any held-out purchase (repeats allowed)
+
+
+def earlier_windows(
+    settings: Settings,
+    split: EvaluationSplit,
+    products: pd.DataFrame,
+    segment_of: pd.Series,
+    params: dict[str, dict[str, Any]],
+) -> list[BlendWindow]:
+    """Validation windows before ``split.validation`` (temporal protocol only): each as
+    long as the validation window and ending where the next begins, with the models
+    (hyperparameters ``params``) refitted on the events before it. At most
+    ``settings.blend_validation_windows - 1``; fewer when the data runs out."""
+    windows: list[BlendWindow] = []
+    if settings.eval_protocol != "temporal":
+        return windows
+    side = split.validation
+    days = settings.eval_validation_days
+    for _ in range(settings.blend_validation_windows - 1):
+        before = side.train
+        if before.empty or before["ts"].min() >= side.reference_time - pd.Timedelta(days=2 * days):
+            break  # no training side left before another window
+        side = make_split(
+            "temporal", before, test_days=days, validation_days=days, end=side.reference_time
+        ).test
+        data = _interactions(side, products, segment_of)
+        rep = held_out(side, data, new_items_only=False, known_only=False)
+        if not rep[0]:
+            break
+        models = fit_models(make_models(settings, params), data)
+        main = held_out(side, data, new_items_only=True, known_only=False)
+        windows.append(BlendWindow(models, data, main, rep))
+    return windows
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """One window's sampled validation customers (see :func:`fit_blend`)."""
+
+    rep: np.ndarray  # positions in the window's rep view
+    main: np.ndarray  # positions in its main view (a subset of the sampled customers)
+    rows: np.ndarray  # each main customer's row among the sampled rep customers
+
+
+def _window_sample(settings: Settings, window: BlendWindow, cap: int) -> _Sample:
+    """At most ``cap`` of one window's rep customers, stratified by view and blend group."""
+    train, main, rep = window.train, window.main, window.rep
+    val_ids, rep_ids = main[0], rep[0]
+    main_ids = set(val_ids)
+    in_main = np.array([c in main_ids for c in rep_ids], dtype=bool)
+    groups = blend_groups(train, rep[1])
+    # The main view and the rest of rep share the cap in proportion; in the main view
+    # (what the weights are fitted on) every blend group keeps the minimum-data rule's
+    # customers, the rest (only in the own-history shares' fit) is drawn in proportion.
+    main_cap = round(cap * int(in_main.sum()) / max(len(rep_ids), 1))
+    rng = np.random.default_rng(settings.seed)
+    chosen = np.sort(
+        np.concatenate(
+            [
+                part[sample_customers(groups[part], share, min_per_group=floor, random_state=rng)]
+                for part, share, floor in (
+                    (np.flatnonzero(in_main), main_cap, settings.blend_min_customers),
+                    (np.flatnonzero(~in_main), cap - main_cap, 0),
+                )
+            ]
+        )
+    ).astype(np.int64)
+    row_of = {rep_ids[r]: row for row, r in enumerate(chosen)}
+    kept = np.array([i for i, c in enumerate(val_ids) if c in row_of], dtype=np.int64)
+    rows = np.array([row_of[val_ids[i]] for i in kept], dtype=np.int64)
+    return _Sample(rep=chosen, main=kept, rows=rows)
+
+
+def _fill_stacks(
+    settings: Settings,
+    window: BlendWindow,
+    sample: _Sample,
+    rep_stack: np.ndarray,
+    val_stack: np.ndarray,
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Score one window's sampled customers into its rows of the pooled stacks (``rep_stack``
+    and ``val_stack`` are those rows); its relevant masks, held-out counts and blend groups
+    of the main view and the repeats view."""
+    models, train, main, rep = window.models, window.train, window.main, window.rep
+    rep_index, rep_held = rep[1][sample.rep], [rep[2][r] for r in sample.rep]
+    val_index, val_held = main[1][sample.main], [main[2][i] for i in sample.main]
+    # Every sampled customer is scored once; the main view is a subset of them with seen
+    # items excluded. Masks are applied in place: the stacks are the fit's memory.
+    score_stack(models, train, rep_index, out=rep_stack)
+    np.take(rep_stack, sample.rows, axis=0, out=val_stack)
+    exclude(val_stack, seen_mask(train, val_index), copy=False)
+    # The own-history shares are fitted where repeats count as serving shows them: bought
+    # items stay only in repeat categories, out-of-stock items never (the business filters).
+    val_rules = filter_rules(train, settings)
+    allowed = np.vstack([val_rules.allowed(_bought(train, i)) for i in rep_index])
+    exclude(rep_stack, ~allowed, copy=False)
+    return (
+        (
+            relevant_mask(val_held, train.n_items),
+            np.array([len(h) for h in val_held], dtype=np.int64),
+            blend_groups(train, val_index),
+        ),
+        (
+            relevant_mask(rep_held, train.n_items),
+            np.array([len(h) for h in rep_held], dtype=np.int64),
+            blend_groups(train, rep_index),
+        ),
+    )
+
+
+def fit_blend(
+    settings: Settings,
+    models: dict[str, Recommender],
+    train: Interactions,
+    main: View,
+    rep: View,
+    earlier: Sequence[BlendWindow] = (),
+) -> BlendFit:
+    """Blend weights per segment from validation: ``main`` holds the customers with
+    held-out new items (what the weights are fitted on), ``rep`` every customer with a
+    held-out purchase, repeats allowed (a superset: where the own-history shares are
+    fitted). ``earlier`` windows (:func:`earlier_windows`) are pooled with this one: each
+    scored by models fitted before it, they give small segments more customers.
+
+    The stacks are (customers, models, items) floats, too large to hold for every
+    validation customer of a large storefront, so at most ``settings.blend_max_customers``
+    of ``rep`` are scored (split evenly between windows): a sample seeded by
+    ``settings.seed``, stratified by view and blend group, every group keeping
+    ``settings.blend_min_customers`` of ``main`` when it has them
+    (:func:`~training.models.blend_fit.sample_customers`). With no more customers than
+    that every one is scored, in order: the weights are those of the whole validation set.
+    """
+    started = time.perf_counter()
+    windows = [BlendWindow(models, train, main, rep), *earlier]
+    cap = max(settings.blend_max_customers // len(windows), 1)
+    samples = [_window_sample(settings, window, cap) for window in windows]
+    # The pooled stacks are allocated once and filled window by window (never held twice).
+    shape = (len(models), train.n_items)
+    rep_stack = np.empty((sum(len(s.rep) for s in samples), *shape))
+    val_stack = np.empty((sum(len(s.main) for s in samples), *shape))
+    val_parts, rep_parts = [], []
+    rep_start = val_start = 0
+    for window, sample in zip(windows, samples, strict=True):
+        rep_end, val_end = rep_start + len(sample.rep), val_start + len(sample.main)
+        val_part, rep_part = _fill_stacks(
+            settings,
+            window,
+            sample,
+            rep_stack[rep_start:rep_end],
+            val_stack[val_start:val_end],
+        )
+        val_parts.append(val_part)
+        rep_parts.append(rep_part)
+        rep_start, val_start = rep_end, val_end
+    val = [val_stack, *(np.concatenate(column) for column in zip(*val_parts, strict=True))]
+    pooled = [rep_stack, *(np.concatenate(column) for column in zip(*rep_parts, strict=True))]
+    counts = {
+        "customers": len(rep_stack),
+        "of_customers": sum(len(w.rep[0]) for w in windows),
+        "new_item_customers": len(val_stack),
+        "of_new_item_customers": sum(len(w.main[0]) for w in windows),
+    }
+    scored = time.perf_counter()
+    names = list(models)
+    blender = SegmentBlender(
+        k=settings.eval_k,
+        min_customers=settings.blend_min_customers,
+        max_seconds=settings.blend_max_seconds,
+        repeat_model=[names.index(m) for m in (REPEAT_MODEL, INTEREST_MODEL) if m in names],
+        floor_model=names.index(NEW_PRODUCT_MODEL),
+        floor_tolerance=settings.blend_new_arrivals_tolerance,
+    ).fit(*val, repeats=(pooled[0], pooled[1], pooled[2], pooled[3]))
+    summary = {
+        "seed": settings.seed,
+        "max_customers": settings.blend_max_customers,
+        "windows": len(windows),
+        **counts,
+        "stack_mb": round((pooled[0].nbytes + val[0].nbytes) / 2**20),
+    }
+    seconds = {"score": scored - started, "fit": time.perf_counter() - scored}
+    return BlendFit(blender, summary, seconds)
+
+
 def run_training(
     settings: Settings, *, export_bundle: bool = True, progress: bool | None = None
 ) -> TrainingRun:
@@ -132,19 +339,15 @@ def run_training(
     train = _interactions(split.validation, products, segment_of)
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
-    val_ids, val_index, val_held = held_out(
-        split.validation, train, new_items_only=True, known_only=False
-    )
-    val_relevant = relevant_mask(val_held, train.n_items)
-    val_n_relevant = np.array([len(h) for h in val_held])
+    main = held_out(split.validation, train, new_items_only=True, known_only=False)
     tuned = SearchResult()
     if settings.search_max_seconds > 0:
         tuned = search(
             models,
             train,
-            val_index,
-            val_relevant,
-            val_n_relevant,
+            main[1],
+            relevant_mask(main[2], train.n_items),
+            np.array([len(h) for h in main[2]]),
             k=settings.eval_k,
             seed=settings.seed,
             max_seconds=settings.search_max_seconds,
@@ -153,46 +356,17 @@ def run_training(
         for name, params in tuned.best.items():
             models[name] = models[name].set_params(**params).fit(train)
         lap("search")
-    # Every validation customer with a held-out purchase (repeats allowed) is scored once;
-    # the main view (new items only) is a subset of them with seen items excluded.
-    rep_ids, rep_index, rep_held = held_out(
-        split.validation, train, new_items_only=False, known_only=False
-    )
-    rep_stack = score_stack(models, train, rep_index)
-    row_of = {c: r for r, c in enumerate(rep_ids)}
-    rows = np.array([row_of[c] for c in val_ids], dtype=np.int64)
-    val_stack = exclude(rep_stack[rows], seen_mask(train, val_index))
-    # Buy-again's share is fitted where repeats count as serving shows them: bought items
-    # stay only in repeat categories, out-of-stock items never (the business filters).
-    val_rules = filter_rules(train, settings)
-    allowed = np.vstack([val_rules.allowed(_bought(train, i)) for i in rep_index])
-    rep_stack = exclude(rep_stack, ~allowed)
-    names = list(models)
-    blender = SegmentBlender(
-        k=settings.eval_k,
-        min_customers=settings.blend_min_customers,
-        max_seconds=settings.blend_max_seconds,
-        repeat_model=names.index(REPEAT_MODEL),
-        floor_model=names.index(NEW_PRODUCT_MODEL),
-        floor_tolerance=settings.blend_new_arrivals_tolerance,
-    ).fit(
-        val_stack,
-        val_relevant,
-        val_n_relevant,
-        blend_groups(train, val_index),
-        repeats=(
-            rep_stack,
-            relevant_mask(rep_held, train.n_items),
-            np.array([len(h) for h in rep_held]),
-            blend_groups(train, rep_index),
-        ),
-    )
+    rep = held_out(split.validation, train, new_items_only=False, known_only=False)
+    earlier = earlier_windows(settings, split, products, segment_of, tuned.best)
+    fitted = fit_blend(settings, models, train, main, rep, earlier)
+    blender = fitted.blender
     lap("fit_blend")
 
     # 2. Refit on the whole training side and evaluate on the test side.
     before = _interactions(split.test, products, segment_of)
     models = fit_models(make_models(settings, tuned.best), before)
     lap("fit_for_test")
+    oracle, oracle_info = load_oracle(settings, split)  # synthetic data only
     results = {}
     rules = filter_rules(before, settings)
     views = (
@@ -215,6 +389,9 @@ def run_training(
         if new_only:
             stack = exclude(stack, seen_mask(before, index))
         groups = pd.DataFrame(_groups(ids, index, segments, before))
+        # The oracle's chance of relevance: in new_products only unseen products count.
+        eligible = unseen_products if protocol == "new_products" else True
+        extra = None if oracle is None else {ORACLE: oracle.scores(ids, before.items) * eligible}
         results[protocol] = evaluate_rankings(
             stack=stack,
             relevant=relevant_mask(held, before.n_items),
@@ -227,6 +404,7 @@ def run_training(
             seed=settings.seed,
             rules=rules if filtered else None,
             bought=[_bought(before, i) for i in index] if filtered else None,
+            extra=extra,
         )
     lap("evaluate")
     rating_errors = _rating_errors(models["svd"], before, split.test.held_out)
@@ -245,9 +423,11 @@ def run_training(
     return TrainingRun(
         model_names=list(models),
         blender=blender,
+        blend_sample=fitted.sample,
         results=results,
         customers={
-            "validation": len(val_index),
+            # New-item customers of every pooled validation window.
+            "validation": fitted.sample["of_new_item_customers"],
             "test": len(results["repeats_allowed"].groups),
             "test_new_items": len(results["new_items"].groups),
         },
@@ -256,6 +436,7 @@ def run_training(
         export=exported,
         search=tuned,
         rating_errors=rating_errors,
+        oracle=oracle_info,
     )
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
+from training.evaluation.oracle import describe as describe_oracle
 from training.html_report import html_page, json_ready, png_base64
-from training.train.evaluate import BLEND, SCORE_BINS, RankingResult
+from training.train.evaluate import BLEND, METHOD_LABELS, SCORE_BINS, RankingResult
 from training.train.pipeline import TrainingRun
 
 HEADLINE = ("ndcg", "hit_rate", "precision", "recall", "map", "mrr")
@@ -71,6 +72,9 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             },
             "backed_off_to_global": blender.backed_off_,
             "validation_customers": blender.validation_customers_,
+            # Who the weights were fitted on: all validation customers up to
+            # blend_max_customers, else a seeded sample stratified by segment.
+            "sample": run.blend_sample,
             "validation_ndcg": blender.validation_ndcg_,
             "min_customers": blender.min_customers,
             "validation_single_model_ndcg": dict(
@@ -88,6 +92,8 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "cut_short_by_time": run.search.cut_short,
         },
         "rating_errors": run.rating_errors,
+        # The generator's true preferences as a ranking: the ceiling, synthetic data only.
+        "oracle": run.oracle,
         "protocols": protocols,
         "seconds": run.seconds,
     }
@@ -200,10 +206,10 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
                 (f"{protocol}: score distributions", _score_distributions(report, protocol))
             )
     figures.append(("Blend weights", _blend_weights(report)))
-    tables = ""
+    tables = f"<p>{html.escape(describe_oracle(report['oracle']))}</p>"
     for protocol, body in report["protocols"].items():
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td>"
+            f"<tr><td>{html.escape(METHOD_LABELS.get(name, name))}</td>"
             + "".join(f"<td>{(s['means'].get(m) or 0):.4f}</td>" for m in HEADLINE)
             + f"<td>{(s['coverage'] or 0):.3f}</td></tr>"
             for name, s in body["summary"].items()
@@ -213,7 +219,7 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
             + "".join(f"<th>{m}@{report['k']}</th>" for m in HEADLINE)
             + f"<th>coverage</th></tr>{rows}</table>"
         )
-    header = {key: report[key] for key in ("split", "customers", "bundle")}
+    header = {key: report[key] for key in ("split", "customers", "bundle", "oracle")}
     title = f"Evaluation ({report['protocol']} protocol, k={report['k']})"
     page = html_page(title, header, tables, figures)
     html_path = settings.reports_dir / "evaluation.html"

@@ -19,6 +19,7 @@ from training.models.buy_again import BuyAgain
 from training.models.category_popularity import CategoryPopularity
 from training.models.content import Content
 from training.models.interactions import Interactions
+from training.models.interest import Interest
 from training.models.new_arrivals import NewArrivals
 from training.models.popularity import Popularity
 from training.models.svd import SVD
@@ -39,6 +40,7 @@ def make_models(
         "trending": Popularity(half_life_days=settings.trending_half_life_days),
         "category_popularity": CategoryPopularity(),
         "buy_again": BuyAgain(),
+        "interest": Interest(half_life_days=settings.interest_half_life_days),
         "svd": SVD(random_state=settings.seed),
         "als": ALS(random_state=settings.seed),
         "content": Content(random_state=settings.seed),
@@ -56,10 +58,17 @@ def fit_models(models: dict[str, Recommender], data: Interactions) -> dict[str, 
 
 
 def score_stack(
-    models: dict[str, Recommender], data: Interactions, customers: np.ndarray
+    models: dict[str, Recommender],
+    data: Interactions,
+    customers: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalised scores (customers, models, items) of customer indices (-1 = unknown)."""
-    stack = np.empty((len(customers), len(models), data.n_items))
+    """Normalised scores (customers, models, items) of customer indices (-1 = unknown),
+    written into ``out`` when given (e.g. rows of a larger stack)."""
+    shape = (len(customers), len(models), data.n_items)
+    if out is not None and out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    stack = np.empty(shape) if out is None else out
     for row, customer in enumerate(customers):
         raw = np.vstack([model.score(int(customer)) for model in models.values()])
         stack[row] = normalise(raw)
@@ -82,6 +91,10 @@ def relevant_mask(held: list[np.ndarray], n_items: int) -> np.ndarray:
     return mask
 
 
-def exclude(stack: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The stack with masked items pushed below everything for every model."""
-    return np.where(mask[:, None, :], EXCLUDED, stack)
+def exclude(stack: np.ndarray, mask: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """The stack with masked items pushed below everything for every model; ``copy=False``
+    changes ``stack`` itself (a large stack need not be held twice)."""
+    if copy:
+        return np.where(mask[:, None, :], EXCLUDED, stack)
+    np.copyto(stack, EXCLUDED, where=mask[:, None, :])
+    return stack

@@ -99,6 +99,69 @@ class MessRates:
 
 
 @dataclass(frozen=True)
+class World:
+    """What the generator draws before any event, first off its seeded stream: the
+    catalogue and the people, with their hidden tastes (persona, category preferences,
+    staples, activity window). ``rng`` is the stream after them, where :func:`generate`
+    goes on to write tables and simulate events."""
+
+    catalogue: Catalogue
+    sampler: GroupSampler
+    population: Population
+    start: np.datetime64  # first second of the history window
+    end: np.datetime64  # last second of the history window
+    rng: np.random.Generator
+
+
+def size_spec(size: str | SizeSpec) -> SizeSpec:
+    """A named size, a :class:`SizeSpec`, or the ``"<customers>x<products>"`` that
+    ``source.json`` records for a spec.
+
+    >>> size_spec("tiny"), size_spec("1200x300")
+    (SizeSpec(customers=400, products=150), SizeSpec(customers=1200, products=300))
+    """
+    if isinstance(size, SizeSpec):
+        return size
+    if size in SIZES:
+        return SIZES[size]
+    customers, _, products = size.partition("x")
+    if customers.isdigit() and products.isdigit():
+        return SizeSpec(customers=int(customers), products=int(products))
+    raise ValueError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+
+
+def replay(size: str | SizeSpec, seed: int, end: dt.date) -> World:
+    """The catalogue and population :func:`generate` draws for these arguments, exactly
+    (they come first off the seeded stream), without simulating a single event."""
+    rng = np.random.default_rng(seed)
+    end_ts = np.datetime64(dt.datetime.combine(end, dt.time(23, 59, 59)), "s")
+    start_ts = end_ts - np.timedelta64(HISTORY_DAYS * 86400, "s")
+    spec = size_spec(size)
+    catalogue = make_catalogue(spec.products, rng, start_ts, end_ts)
+    sampler = GroupSampler(catalogue)
+    population = make_population(spec.customers, catalogue, sampler, rng, start_ts, end_ts)
+    return World(catalogue, sampler, population, start_ts, end_ts, rng)
+
+
+def matches_ground_truth(raw_dir: Path, world: World) -> bool:
+    """Whether ``world`` is what made the export in ``raw_dir``: customer ids, personas,
+    product ids and list prices agree with its ground-truth files (other generator code
+    with the same seed would not)."""
+    truth = pd.read_parquet(raw_dir / "ground_truth.parquet")
+    products = pd.read_parquet(raw_dir / "ground_truth_products.parquet")
+    catalogue, population = world.catalogue, world.population
+    personas = np.array(PERSONA_NAMES)[population.persona]
+    return bool(
+        len(truth) == population.n
+        and (truth["raw_customer_id"].to_numpy() == population.raw_ids).all()
+        and (truth["persona"].to_numpy() == personas).all()
+        and len(products) == catalogue.n
+        and (products["product_id"].to_numpy() == catalogue.product_ids).all()
+        and np.allclose(products["list_price"].to_numpy(), catalogue.price)
+    )
+
+
+@dataclass(frozen=True)
 class GenerationSummary:
     directory: Path
     customers: int
@@ -117,21 +180,11 @@ def generate(
 ) -> GenerationSummary:
     """Generate the raw export for ``size`` (a named size, or a :class:`SizeSpec` such as
     :func:`size_for_events` gives) into ``out_dir`` and return what was written."""
-    if isinstance(size, SizeSpec):
-        spec = size
-    elif size in SIZES:
-        spec = SIZES[size]
-    else:
-        raise ValueError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    spec = size_spec(size)
     rates = rates or MessRates()
     started = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    end_ts = np.datetime64(dt.datetime.combine(end, dt.time(23, 59, 59)), "s")
-    start_ts = end_ts - np.timedelta64(HISTORY_DAYS * 86400, "s")
-
-    catalogue = make_catalogue(spec.products, rng, start_ts, end_ts)
-    sampler = GroupSampler(catalogue)
-    pop = make_population(spec.customers, catalogue, sampler, rng, start_ts, end_ts)
+    world = replay(spec, seed, end)
+    catalogue, sampler, pop, rng = world.catalogue, world.sampler, world.population, world.rng
     dataset = RawDataset(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

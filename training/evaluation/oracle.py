@@ -1,0 +1,343 @@
+"""The generator's oracle: items ranked by the true chance that the customer buys them.
+
+On the synthetic storefront the hidden parameters behind every purchase are known: they
+are replayed from the seed in ``source.json`` (:func:`~training.data.synthetic.generator.
+replay`). The oracle scores each (customer, product) with the probability that the
+customer buys the product at least once in the test window, as the generator makes it:
+
+- sessions come as a Poisson process at the persona's rate times the customer's activity,
+  inside the customer's active window; each has ``1 + Poisson(views_per_session)`` views;
+- each view is a staple (``p_repeat``, one of the five at random), a product launched in
+  the 45 days before it (``p_trend``, uniform over them, when there are any), else a
+  product drawn by category preference, the persona's price band and popularity within
+  the (category, band) group; a draw not launched yet becomes the group's oldest product
+  (:meth:`view_probabilities`);
+- a viewed product is bought with ``p_cart * p_buy``, ``p_cart`` cut by the
+  out-of-stock factor.
+
+With ``q_i`` the chance that a view shows product ``i``, a view buys it with
+``x = q_i * p_cart * p_buy``, a session with ``1 - (1 - x) * exp(-m * x)`` (``m`` the
+mean extra views), and the window with ``1 - exp(-H)``: ``H`` sums that over the
+sessions expected in the window, exactly, since ``q`` only changes at launches and 45
+days after them. One person registered twice is one clean customer once cleaning merged
+the records: their ``H`` add up. Clean ids come from cleaning's own
+``customer_id_map.parquet``.
+
+The oracle knows the hidden parameters exactly (launch dates of products still to come
+included), so it is the ceiling of the evaluation: ranking by the chance of relevance
+maximises every customer's expected DCG@k (given that they buy at all, as evaluated
+customers do), and expected NDCG@k up to how its normaliser varies with the number of
+items bought. Only for data made by the generator (seed, size and end date recorded,
+the same generator version) and the temporal protocol (a window in time to buy in).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segrec.pseudonym import pseudonymise_many
+from segrec.settings import Settings
+from training.data.synthetic.catalogue import CATEGORIES, N_BANDS
+from training.data.synthetic.generator import (
+    GENERATOR_VERSION,
+    World,
+    matches_ground_truth,
+    replay,
+)
+from training.data.synthetic.personas import PERSONAS
+from training.data.synthetic.population import N_STAPLES
+from training.data.synthetic.sessions import MONTH_S, OUT_OF_STOCK_CART_FACTOR, TREND_WINDOW_S
+from training.evaluation.protocols import EvaluationSplit
+from training.models.interactions import IdVocabulary
+
+ORACLE = "oracle"
+ORACLE_LABEL = "oracle (generator's true preferences)"
+BLOCK_CELLS = 2_000_000  # customers x products scored at once (bounds memory)
+
+
+def _persona(field: str) -> np.ndarray:
+    return np.array([getattr(p, field) for p in PERSONAS], dtype=np.float64)
+
+
+def _draw_probabilities(cdf: np.ndarray) -> np.ndarray:
+    """Probabilities of ``min((u > cdf).sum(), last)``, the generator's categorical draw."""
+    pdf = np.diff(cdf, prepend=0.0, axis=-1)
+    pdf[..., -1] = 1.0 - cdf[..., -2]
+    return pdf
+
+
+def customer_records(
+    raw_ids: np.ndarray, id_map: pd.DataFrame, secret: str
+) -> dict[str, np.ndarray]:
+    """Clean customer id -> positions of the generator's customer records it holds.
+
+    ``id_map`` is cleaning's ``customer_id_map.parquet`` (``source_customer_id``: the
+    pseudonym of a raw id; ``customer_id``: the clean id it was merged into). Raw ids
+    cleaning never kept (erased, say) are left out.
+
+    Examples
+    --------
+    >>> from segrec.pseudonym import pseudonymise
+    >>> id_map = pd.DataFrame({
+    ...     "source_customer_id": [pseudonymise(r, "k") for r in ["7", "8", "9"]],
+    ...     "customer_id": ["c_a", "c_b", "c_a"]})
+    >>> customer_records(np.array(["7", "8", "9", "10"]), id_map, "k")
+    {'c_a': array([0, 2]), 'c_b': array([1])}
+    """
+    source = pd.Series(pseudonymise_many([str(r) for r in raw_ids], secret))
+    clean = source.map(id_map.set_index("source_customer_id")["customer_id"])
+    known = clean.dropna()
+    groups = known.index.to_series().groupby(known.to_numpy(), sort=True)
+    return {str(c): positions.to_numpy(dtype=np.int64) for c, positions in groups}
+
+
+@dataclass(frozen=True)
+class _Records:
+    """Customer-side parameters of a block of generator records (rows)."""
+
+    p_repeat: np.ndarray
+    p_trend: np.ndarray
+    views: np.ndarray  # mean extra views per session
+    buy_rate: np.ndarray  # p_cart * p_buy, in stock
+    sessions_per_second: np.ndarray
+    start: np.ndarray  # active window, epoch seconds
+    end: np.ndarray
+    staples: np.ndarray  # (rows, products): share of staple draws
+    category: np.ndarray  # (rows, products): chance of a category-mode draw, pre-launch
+
+
+class GeneratorOracle:
+    """True purchase probabilities of the synthetic storefront's customers.
+
+    Parameters
+    ----------
+    world : World
+        The replayed catalogue and population.
+    records : mapping of str to ndarray
+        Clean customer id -> population positions (:func:`customer_records`).
+    """
+
+    def __init__(self, world: World, records: Mapping[str, np.ndarray]) -> None:
+        self.world = world
+        self.records = dict(records)
+        cat = world.catalogue
+        self.launch = cat.launch.astype(np.int64)
+        self.group = cat.category * N_BANDS + cat.band
+        n_groups = len(CATEGORIES) * N_BANDS
+        group_weight = np.bincount(self.group, weights=cat.popularity, minlength=n_groups)
+        self.within = cat.popularity / group_weight[self.group]
+        # A requested (category, band) group without products maps to the next one present.
+        present = np.flatnonzero(world.sampler.present)
+        nearest = present[
+            np.minimum(np.searchsorted(present, np.arange(n_groups)), len(present) - 1)
+        ]
+        self.group_map = np.zeros((n_groups, n_groups))
+        self.group_map[np.arange(n_groups), nearest] = 1.0
+        # A draw of a product not launched yet becomes the oldest product of its group.
+        self.leader = np.zeros(n_groups, dtype=np.int64)
+        for g in np.unique(self.group):
+            members = np.flatnonzero(self.group == g)
+            self.leader[g] = members[np.argmin(self.launch[members])]
+        self.stock = np.where(cat.in_stock, 1.0, OUT_OF_STOCK_CART_FACTOR)
+
+    def _records(self, positions: np.ndarray) -> _Records:
+        pop, n = self.world.population, self.world.catalogue.n
+        persona = pop.persona[positions]
+        rows = len(positions)
+        staples = np.zeros((rows, n))
+        np.add.at(
+            staples, (np.repeat(np.arange(rows), N_STAPLES), pop.staples[positions].ravel()), 1.0
+        )
+        bands = _draw_probabilities(np.cumsum(np.array([p.price_band_probs for p in PERSONAS]), 1))
+        cell = (
+            _draw_probabilities(pop.category_cdf[positions])[:, :, None] * bands[persona][:, None]
+        )
+        group = cell.reshape(rows, -1) @ self.group_map
+        return _Records(
+            p_repeat=_persona("p_repeat")[persona],
+            p_trend=_persona("p_trend")[persona],
+            views=_persona("views_per_session")[persona],
+            buy_rate=(_persona("p_cart") * _persona("p_buy"))[persona],
+            sessions_per_second=_persona("sessions_per_month")[persona]
+            * pop.activity[positions]
+            / MONTH_S,
+            start=pop.active_start[positions].astype(np.int64),
+            end=pop.active_end[positions].astype(np.int64),
+            staples=staples / N_STAPLES,
+            category=group[:, self.group] * self.within,
+        )
+
+    def view_probabilities(self, rows: _Records, t: int, columns: np.ndarray) -> np.ndarray:
+        """(rows, columns): the chance that a view at epoch second ``t`` shows each product
+        in ``columns`` (sorted positions), as ``SessionSimulator._choose_products`` draws
+        it; over all products every row sums to 1."""
+        trending = np.flatnonzero((self.launch <= t) & (self.launch >= t - TREND_WINDOW_S))
+        category_share = 1.0 - rows.p_repeat - rows.p_trend * (len(trending) > 0)
+
+        def drawn(products: np.ndarray) -> np.ndarray:
+            return (
+                rows.p_repeat[:, None] * rows.staples[:, products]
+                + category_share[:, None] * rows.category[:, products]
+            )
+
+        q = drawn(columns) * (self.launch[columns] <= t)
+        # A draw of a product not launched yet becomes the oldest product of its group.
+        late = np.flatnonzero(self.launch > t)
+        target = np.searchsorted(columns, self.leader[self.group[late]])
+        hit = target < len(columns)
+        hit[hit] = columns[target[hit]] == self.leader[self.group[late[hit]]]
+        if hit.any():
+            np.add.at(q.T, target[hit], drawn(late[hit]).T)
+        if len(trending):
+            q[:, np.isin(columns, trending)] += rows.p_trend[:, None] / len(trending)
+        return q
+
+    def _hazard(self, rows: _Records, start: int, end: int) -> np.ndarray:
+        """(rows, products): expected sessions in ``(start, end]`` that buy each product,
+        ``H`` of the module docstring (P(at least one purchase) = 1 - exp(-H))."""
+        launch = self.launch
+        # View chances are constant between launches and the ends of launches' trend weeks.
+        changes = np.concatenate([launch, launch + TREND_WINDOW_S])
+        bounds = np.unique(np.r_[start, end, changes[(changes > start) & (changes < end)]])
+        middle = (bounds[:-1] + bounds[1:]) // 2
+        overlap = np.minimum(rows.end[:, None], bounds[1:]) - np.maximum(
+            rows.start[:, None], bounds[:-1]
+        )
+        sessions = np.clip(overlap, 0, None) * rows.sessions_per_second[:, None]
+        trend_on = np.array(
+            [((launch <= t) & (launch >= t - TREND_WINDOW_S)).any() for t in middle], dtype=bool
+        )
+        hazard = np.zeros((len(rows.start), len(launch)))
+
+        def add(columns: np.ndarray, steps: np.ndarray) -> None:
+            if len(columns) and len(steps):
+                q = self.view_probabilities(rows, int(middle[steps[0]]), columns)
+                x = q * rows.buy_rate[:, None] * self.stock[columns]
+                per_session = 1.0 - (1.0 - x) * np.exp(-rows.views[:, None] * x)
+                hazard[:, columns] += sessions[:, steps].sum(1)[:, None] * per_session
+
+        # Old products, never trending in the window and never a launch's stand-in, change
+        # only with whether anything is trending: two steps cover them. The rest: each step.
+        fixed = (launch + TREND_WINDOW_S < start) & ~np.isin(np.arange(len(launch)), self.leader)
+        for on in (False, True):
+            add(np.flatnonzero(fixed), np.flatnonzero(trend_on == on))
+        for step in range(len(middle)):
+            add(np.flatnonzero(~fixed), np.array([step]))
+        return hazard
+
+    def purchase_probability(
+        self,
+        customer_ids: Sequence[str],
+        items: IdVocabulary,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+    ) -> np.ndarray:
+        """(customers, items): the chance each customer buys each item at least once in
+        ``(start, end]``; 0 for customers or items the generator did not make."""
+        start_s, end_s = (int(pd.Timestamp(t).timestamp()) for t in (start, end))
+        n_products = self.world.catalogue.n
+        column = items.index(self.world.catalogue.product_ids)
+        known = column >= 0
+        out = np.zeros((len(customer_ids), len(items)))
+        block = max(1, BLOCK_CELLS // n_products)
+        for first in range(0, len(customer_ids), block):
+            ids = customer_ids[first : first + block]
+            positions = [self.records.get(str(c), np.zeros(0, np.int64)) for c in ids]
+            owner = np.repeat(np.arange(len(ids)), [len(p) for p in positions])
+            flat = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+            if not len(flat):
+                continue
+            hazard = self._hazard(self._records(flat), start_s, end_s)
+            summed = np.zeros((len(ids), n_products))
+            np.add.at(summed, owner, hazard)
+            out[first : first + len(ids)][:, column[known]] = 1.0 - np.exp(-summed[:, known])
+        return out
+
+
+@dataclass(frozen=True)
+class WindowOracle:
+    """The oracle for one evaluation window: ``scores(customer_ids, items)``."""
+
+    oracle: GeneratorOracle
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    def scores(self, customer_ids: Sequence[str], items: IdVocabulary) -> np.ndarray:
+        return self.oracle.purchase_probability(customer_ids, items, self.start, self.end)
+
+
+def load_oracle(
+    settings: Settings, split: EvaluationSplit
+) -> tuple[WindowOracle | None, dict[str, Any]]:
+    """The oracle for ``split``'s test window, and what the report says about it: where it
+    came from (seed, size, end, generator and data version), or why there is none."""
+    path = settings.clean_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    source = manifest.get("source") or {}
+    info: dict[str, Any] = {"name": ORACLE_LABEL, "data_version": manifest.get("data_version")}
+
+    def absent(reason: str) -> tuple[None, dict[str, Any]]:
+        return None, {**info, "available": False, "reason": reason}
+
+    if source.get("format") != "synthetic" or source.get("seed") is None:
+        return absent(
+            f"the data came from a {source.get('format', 'unknown')!r} export, not the "
+            "synthetic generator with a known seed: nobody knows the true preferences"
+        )
+    if str(source.get("generator_version")) != GENERATOR_VERSION:
+        return absent(
+            f"generated by generator version {source.get('generator_version')}, this code is "
+            f"version {GENERATOR_VERSION}: its hidden parameters cannot be replayed"
+        )
+    if split.protocol != "temporal":
+        return absent(f"only for the temporal protocol (a window to buy in), not {split.protocol}")
+    seed, size, end = int(source["seed"]), str(source["size"]), str(source["end"])
+    world = replay(size, seed, dt.date.fromisoformat(end))
+    raw_dir = settings.raw_dir / "synthetic"
+    checked = (raw_dir / "ground_truth.parquet").exists()
+    if checked and not matches_ground_truth(raw_dir, world):
+        return absent(f"replaying seed {seed} does not reproduce the ground truth in {raw_dir}")
+    id_map = pd.read_parquet(settings.clean_dir / "customer_id_map.parquet")
+    secret = settings.pseudonymisation_secret.get_secret_value()
+    records = customer_records(world.population.raw_ids, id_map, secret)
+    if not records:
+        return absent(
+            "no generated customer has a clean id: was the data cleaned with another "
+            "SEGREC_PSEUDONYMISATION_SECRET?"
+        )
+    start = split.test.reference_time
+    window = pd.Timedelta(days=float(split.params["test_days"]))
+    info.update(
+        available=True,
+        seed=seed,
+        size=size,
+        end=end,
+        generator_version=GENERATOR_VERSION,
+        checked_against_ground_truth=checked,
+        clean_customers=len(records),
+        generator_records=int(sum(len(r) for r in records.values())),
+        live_events_in_table=(manifest.get("live_events") or {}).get("in_table", 0),
+        window=[start.isoformat(), (start + window).isoformat()],
+        scores="P(at least one purchase in the test window), from the replayed generator",
+    )
+    return WindowOracle(GeneratorOracle(world, records), start, start + window), info
+
+
+def describe(info: Mapping[str, Any]) -> str:
+    """One line on the oracle row of a report: where it came from, or why there is none."""
+    if not info:
+        return "Oracle: not computed."
+    if not info.get("available"):
+        return f"No oracle row: {info.get('reason')}."
+    return (
+        f"{ORACLE_LABEL}: the generator's true purchase probabilities in the test window "
+        f"(seed {info['seed']}, size {info['size']}, generator v{info['generator_version']}, "
+        f"data version {info['data_version']}); the ceiling no model reaches in expectation."
+    )
