@@ -90,3 +90,32 @@ def test_settings_command_documents_every_variable(tmp_path: Path) -> None:
     for variable in ("SEGREC_DATA_DIR", "SEGREC_SEED", "SEGREC_PSEUDONYMISATION_SECRET"):
         assert variable in result.stdout
     assert "segrec-development-secret" not in result.stdout
+
+
+def test_the_demo_summary_names_the_best_trained_model_not_the_oracle(tmp_path: Path) -> None:
+    """The tour's evaluation summary picks the best single model among the trained ones:
+    the random baseline and the generator's oracle sit in the same tables."""
+    import pandas as pd
+    from rich.console import Console
+
+    from segrec.settings import Settings
+    from serving.demo_tour import Tour
+
+    settings = Settings(data_dir=tmp_path / "data", reports_dir=tmp_path / "reports")
+    settings.clean_dir.mkdir(parents=True)
+    pd.DataFrame({"product_id": ["P1"]}).to_parquet(settings.clean_dir / "products.parquet")
+    settings.reports_dir.mkdir(parents=True)
+    means = {"popularity": 0.07, "svd": 0.09, "blend": 0.11, "random": 0.01, "oracle": 0.2}
+    report = {
+        "k": 10,
+        "protocol": "temporal",
+        "models": ["popularity", "svd"],
+        "protocols": {
+            "filtered": {"summary": {m: {"means": {"ndcg": v}} for m, v in means.items()}}
+        },
+    }
+    (settings.reports_dir / "evaluation.json").write_text(json.dumps(report))
+    console = Console(record=True, width=120)
+    Tour(settings, "http://127.0.0.1:1", console).summary()
+    text = console.export_text()
+    assert "svd 0.090" in text and "oracle" not in text
