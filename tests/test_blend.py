@@ -10,7 +10,13 @@ from segrec.blend import blend, normalise, weights_for
 from segrec.filters import FilterRules
 from segrec.settings import Settings
 from tests.recommender_contract import TOY_END, checkerboard
-from training.models.blend_fit import SegmentBlender, floored, ndcg_at_k, sample_customers
+from training.models.blend_fit import (
+    SegmentBlender,
+    floored,
+    ndcg_at_k,
+    sample_customers,
+    top_k_rows,
+)
 from training.models.interactions import Interactions
 from training.train.evaluate import blended_scores
 from training.train.stacks import (
@@ -317,3 +323,21 @@ def test_a_freshly_launched_product_of_the_favourite_category_reaches_the_blend(
         ranking = after.items.ids(np.argsort(-scores[row], kind="stable")).tolist()
         own, other = f"P{customer[1]}T0", f"P{1 - int(customer[1])}T0"
         assert ranking.index(own) < min(10, ranking.index(other)), (customer, ranking[:10])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_rows_equals_a_full_stable_sort(seed: int) -> None:
+    """The partition-based top k ranks exactly as the full stable sort it replaces: ties
+    (to the lower position) across the k-th place, excluded items, NaN and k >= items."""
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        n, m = int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        k = int(rng.integers(1, m + 2))
+        scores = (
+            rng.integers(0, 4, (n, m)).astype(float) if rng.random() < 0.5 else rng.random((n, m))
+        )
+        scores[rng.random((n, m)) < 0.2] = -1e9
+        if rng.random() < 0.3:
+            scores[rng.random((n, m)) < 0.2] = np.nan
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, m)]
+        assert np.array_equal(top_k_rows(scores, min(k, m)), expected)

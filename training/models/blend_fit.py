@@ -66,14 +66,38 @@ def ndcg_at_k(
     outside the candidates still count in the ideal). Customers without relevant items: 0."""
     m = scores.shape[1]
     k = min(k, m)
-    # Ties go to the lower candidate position, as in top_k.
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = top_k_rows(scores, k)
     hits = np.take_along_axis(relevant, top, axis=1)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = (hits * discounts).sum(axis=1)
     ideal_hits = np.minimum(n_relevant, k).astype(int)
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])[ideal_hits]
     return np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best of each row, best first, ties to the lower position (as
+    :func:`segrec.scoring.top_k`): a full stable sort's first ``k`` columns, found with a
+    partition, since the blend fit ranks every customer over the whole catalogue many times.
+    Rows where a tie straddles the k-th place are sorted in full, so the answer is exact.
+
+    >>> top_k_rows(np.array([[0.1, 0.9, 0.5, 0.9], [1.0, 1.0, 1.0, 0.0]]), 2).tolist()
+    [[1, 3], [0, 1]]
+    """
+    m = scores.shape[1]
+    if k >= m:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(scores, best, axis=1)
+    kth = values.min(axis=1)
+    # The k chosen are the row's k best unless other items tie with the k-th value; rows
+    # with NaN (sorted last by argsort, unordered by comparisons) are sorted in full too.
+    tied = ((scores >= kth[:, None]).sum(axis=1) > k) | np.isnan(scores).any(axis=1)
+    order = np.lexsort((best, -values), axis=-1)
+    top = np.take_along_axis(best, order, axis=1)
+    if tied.any():
+        top[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return top
 
 
 class SegmentBlender(BaseEstimator):
