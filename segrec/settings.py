@@ -385,16 +385,18 @@ class Settings(BaseSettings):
     new_arrivals_half_life_days: float = Field(
         21.0,
         gt=0,
-        description="Days after launch (first seen) at which the new-arrivals model finds a "
+        description="Days after launch (launch_ts, else the first event) at which the "
+        "new-arrivals model finds a "
         "product half as fresh; the hyperparameter search on validation may pick 7 or 60.",
     )
     blend_new_arrivals_tolerance: float = Field(
-        0.02,
+        0.0,
         ge=0,
         lt=1,
         description="New-product rule: the new-arrivals weight is raised to the largest floor "
         "(0 to 0.3) whose validation NDCG is within this share of the best floor's and no "
-        "worse than the best single model's (0 = only floors that do not cost NDCG).",
+        "worse than the best single model's (0, the default: only floors that cost no "
+        "validation NDCG; products launched after a window are not candidates in it).",
     )
 
     repeat_categories: tuple[str, ...] = Field(

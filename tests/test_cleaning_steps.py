@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from segrec.settings import Settings
 from training.data.cleaning.dedupe import find_duplicates
 from training.data.cleaning.impute import impute
 from training.data.cleaning.outliers import fit_fences, flag_outliers
@@ -16,11 +19,14 @@ from training.data.cleaning.parse import (
     parse_timestamps,
 )
 from training.data.cleaning.privacy import postcode_area
+from training.data.cleaning.products import clean_products
 from training.data.cleaning.standardise import (
     standardise_categories,
     standardise_event_types,
     standardise_genders,
 )
+from training.data.quality import QualityReport
+from training.data.tables import read_table, write_table
 
 
 def test_timestamps_in_every_supported_format_become_utc() -> None:
@@ -47,10 +53,64 @@ def test_timestamps_in_every_supported_format_become_utc() -> None:
     assert bad.tolist() == [False] * 9 + [True]
 
 
+def test_a_naive_timestamp_after_one_with_an_offset_is_still_read_as_utc() -> None:
+    # In one pandas ISO8601 call the naive value would take the +01:00 before it.
+    raw = pd.Series(["2026-03-01T13:34:56+01:00", "2026-03-01 12:34:56", "2026-03-01T12:34:56"])
+    parsed, bad = parse_timestamps(raw, dayfirst=True)
+    assert (parsed == pd.Timestamp("2026-03-01 12:34:56", tz="UTC")).all()
+    assert not bad.any()
+
+
 def test_month_first_exports_read_month_first() -> None:
     parsed, bad = parse_timestamps(pd.Series(["12/1/2010 8:26"]), dayfirst=False)
     assert parsed[0] == pd.Timestamp("2010-12-01 08:26", tz="UTC")
     assert not bad.any()
+
+
+def test_product_launch_dates_parse_like_signups_and_stay_missing_when_unknown(
+    tmp_path: Path,
+) -> None:
+    launches = [
+        "2026-03-01T12:34:56Z",
+        "01/03/2026 12:34:56",  # day-first, as the source says
+        "1772368496",
+        "2026-03-01T13:34:56+01:00",
+        "2026-03-01 12:34:56",
+        None,
+        "  ",
+        "sometime in spring",
+    ]
+    n = len(launches)
+    raw = pd.DataFrame(
+        {
+            "product_id": [f"P{i}" for i in range(n)],
+            "title": [f"Mug {i}" for i in range(n)],
+            "description": ["A mug."] * n,
+            "category": ["Kitchen"] * n,
+            "brand": ["Acme"] * n,
+            "price": ["9.99"] * n,
+            "in_stock": ["true"] * n,
+            "tags": [None] * n,
+            "launch_ts": launches,
+            "_source": "products.csv",
+            "_row": range(1, n + 1),
+        }
+    )
+    report = QualityReport(tmp_path / "set_aside", "test-secret")
+    clean = clean_products(raw, report, Settings(data_dir=tmp_path), dayfirst=True)
+    report.close()
+
+    launch = clean.set_index("product_id")["launch_ts"]
+    assert (launch[:5] == pd.Timestamp("2026-03-01 12:34:56", tz="UTC")).all()
+    assert launch[5:].isna().all(), "blank, whitespace and unparseable stay missing"
+    quality = report.table("products")
+    assert quality.fixes["launch_ts_unparseable_to_missing"] == 1
+    assert quality.notes["launch_ts_missing"]["count"] == 3
+    assert quality.rows_out == n and not quality.set_aside, "no row is dropped for its date"
+    write_table(tmp_path / "clean", "products", clean)
+    stored = read_table(tmp_path / "clean", "products")["launch_ts"]
+    assert str(stored.dtype) == "datetime64[ns, UTC]"
+    assert stored.isna().sum() == 3
 
 
 def test_numbers_with_currency_and_separators() -> None:

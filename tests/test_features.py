@@ -76,6 +76,7 @@ def shop(tmp_path: Path) -> Path:
                 "price_outlier": [False] * 3,
                 "in_stock": [True, True, False],
                 "tags": [None] * 3,
+                "launch_ts": [pd.NaT] * 3,
                 "imputed_columns": [""] * 3,
             }
         ),
@@ -197,6 +198,7 @@ def test_missed_visits_tell_an_occasional_shopper_from_one_who_stopped(
                 "price_outlier": [False] * 2,
                 "in_stock": [True] * 2,
                 "tags": [None] * 2,
+                "launch_ts": [pd.NaT] * 2,
                 "imputed_columns": [""] * 2,
             }
         ),

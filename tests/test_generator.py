@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import END, SEED, Dataset
+from training.data.cleaning.parse import parse_timestamps
 from training.data.raw import RawDataset
 from training.data.synthetic.generator import MessRates, generate
 
@@ -55,6 +56,48 @@ def test_raw_export_carries_every_kind_of_mess(tmp_path: Path) -> None:
     assert products["category"].nunique() > 12, "category spelled more than one way"
     assert products["price"].str.startswith("£", na=False).any()
     assert t["truth"]["duplicate_of"].notna().sum() > 0
+
+
+def test_launch_dates_are_written_and_parse_back_to_the_ground_truth(tiny: Dataset) -> None:
+    products = tiny.raw.read("products")
+    truth = pd.read_parquet(tiny.raw.directory / "ground_truth_products.parquet")
+    launch = products["product_id"].map(truth.set_index("product_id")["launch_ts"])
+    parsed, bad = parse_timestamps(products["launch_ts"], dayfirst=True)
+    written = products["launch_ts"].notna()
+    assert not bad.any() and parsed.notna().equals(written)
+    assert 0.9 < written.mean() < 1, "a small share is blanked"
+    assert (parsed[written] == launch[written]).all()
+    formats = products["launch_ts"].str.extract(
+        r"(?P<iso_z>Z$)|(?P<offset>\+01:00$)|(?P<slash>^\d\d/)|(?P<epoch>^\d{10}$)"
+    )
+    assert formats.notna().any().all(), "launch dates come in mixed formats"
+    # A repeated product row is an exact copy, launch date included.
+    repeated = products.duplicated("product_id", keep=False)
+    assert repeated.any()
+    assert products[repeated].drop(columns="_row").duplicated(keep=False).all()
+
+    clean = tiny.clean("products")
+    known = clean["launch_ts"].notna()
+    expected = clean["product_id"].map(truth.set_index("product_id")["launch_ts"])
+    assert (clean.loc[known, "launch_ts"] == expected[known]).all()
+    assert len(clean) == len(truth)
+    assert known.sum() == products.drop_duplicates("product_id")["launch_ts"].notna().sum()
+
+
+def test_launch_dates_draw_nothing_from_the_main_stream(tmp_path: Path) -> None:
+    generate(tmp_path / "a", "tiny", SEED, END, progress=False)
+    generate(tmp_path / "b", "tiny", SEED, END, rates=MessRates(missing_launch=0.0), progress=False)
+    first, second = _tables(tmp_path / "a"), _tables(tmp_path / "b")
+    for name in ("customers", "events", "truth"):
+        pd.testing.assert_frame_equal(first[name], second[name], obj=name)
+    pd.testing.assert_frame_equal(
+        first["products"].drop(columns="launch_ts"), second["products"].drop(columns="launch_ts")
+    )
+    every = second["products"]
+    truth = pd.read_parquet(tmp_path / "b" / "ground_truth_products.parquet")
+    parsed, _ = parse_timestamps(every["launch_ts"], dayfirst=True)
+    launch = every["product_id"].map(truth.set_index("product_id")["launch_ts"])
+    assert parsed.notna().all() and (parsed == launch).all(), "every product, to the second"
 
 
 def _persona_stats(ds: Dataset) -> pd.DataFrame:

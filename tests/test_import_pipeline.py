@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ from training.data.tables import read_table
 FIXTURES = Path(__file__).parent / "fixtures" / "importers"
 
 
-def _run(tmp_path: Path, fmt: str, source: str) -> tuple[dict, Path]:
+def _run(tmp_path: Path, fmt: str, source: str | Path) -> tuple[dict, Path]:
     settings = make_settings(tmp_path)
     report = QualityReport(settings.set_aside_dir, DEVELOPMENT_SECRET)
     raw = import_export(fmt, FIXTURES / source, settings.raw_dir / fmt, report, settings)
@@ -45,6 +46,9 @@ def test_every_stage_balances_and_tables_validate(tmp_path: Path, fmt: str, sour
     for name in ("customers", "products", "events"):
         assert tables[f"import.{name}"]["rows_out"] == tables[name]["rows_in"]
         assert len(read_table(clean_dir, name)) == tables[name]["rows_out"] > 0
+    # No fixture has launch dates: the optional column is there, all missing.
+    launch = read_table(clean_dir, "products")["launch_ts"]
+    assert str(launch.dtype) == "datetime64[ns, UTC]" and launch.isna().all()
 
 
 def test_online_retail_end_to_end(tmp_path: Path) -> None:
@@ -91,3 +95,17 @@ def test_canonical_export_with_pii_is_pseudonymised(tmp_path: Path) -> None:
     assert not refused[pseudonymise("c2", DEVELOPMENT_SECRET)]
     assert not refused[pseudonymise("c3", DEVELOPMENT_SECRET)]
     assert refused[pseudonymise("c1", DEVELOPMENT_SECRET)]
+
+
+def test_canonical_products_may_carry_launch_dates(tmp_path: Path) -> None:
+    source = tmp_path / "export"
+    shutil.copytree(FIXTURES / "canonical_full", source)
+    products = pd.read_csv(source / "products.csv", dtype=str, keep_default_na=False)
+    products["launch_ts"] = ["2024-01-15T09:00:00Z", "15/01/2024 09:00", "not yet"]
+    products.to_csv(source / "products.csv", index=False)
+    report, clean_dir = _run(tmp_path, "canonical", source)
+    assert "ignored_columns" not in report["tables"]["import.products"].get("notes", {})
+    launch = read_table(clean_dir, "products").set_index("product_id")["launch_ts"]
+    assert launch["p1"] == launch["p2"] == pd.Timestamp("2024-01-15 09:00", tz="UTC")
+    assert pd.isna(launch["p3"])
+    assert report["tables"]["products"]["fixes"]["launch_ts_unparseable_to_missing"] == 1

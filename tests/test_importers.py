@@ -381,7 +381,8 @@ def test_canonical_full_directory(tmp_path: Path, events_format: str) -> None:
     products = dataset.read("products").set_index("product_id")
     assert products.loc["p1", "title"] == "Mug, blue"
     assert products.loc["p2", "in_stock"] == "false"
-    assert list(products.columns[:8]) == [*RAW_COLUMNS["products"][1:], "_source"]
+    assert list(products.columns) == [*RAW_COLUMNS["products"][1:], "_source", "_row"]
+    assert products["launch_ts"].isna().all(), "no launch_ts column in the export: null"
 
 
 def test_canonical_parquet_values_become_source_text(tmp_path: Path) -> None:

@@ -237,9 +237,16 @@ def test_the_new_arrivals_model_is_scored_and_blended(
     assert "new_arrivals" in engine.models
     row = engine.models.index("new_arrivals")
     arrays = engine.model_arrays["new_arrivals"]
-    # Products nobody touched before the bundle's data end are the newest in the catalogue.
+    # Launch ages as of the bundle's data end, from the catalogue's launch dates.
     ages = arrays["launch_age_days"]
-    assert ages.shape == (len(engine.product_ids),) and ages.min() == 0.0
+    assert ages.shape == (len(engine.product_ids),) and ages.min() >= 0.0
+    products = pd.read_parquet(settings.clean_dir / "products.parquet").set_index("product_id")
+    end = pd.read_parquet(settings.clean_dir / "events.parquet")["ts"].max()
+    launch = products["launch_ts"].reindex(list(engine.product_ids))
+    dated = launch.notna().to_numpy()
+    assert dated.mean() > 0.9
+    expected = ((end - launch[dated]) / pd.Timedelta(days=1)).to_numpy(dtype=float)
+    assert np.allclose(ages[dated], expected, atol=1e-6)
     customer_id = _segments(settings).iloc[7]["customer_id"]
     now = engine.clock().timestamp()
     customer = engine._customer(engine.features.read_many([customer_id])[0], now)

@@ -99,7 +99,24 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
         grid = math.prod(len(values) for values in GRIDS[model].values())
         full = min(settings.search_max_trials, grid)
         assert len(trials) == full or (model in search["cut_short_by_time"] and trials)
-    assert html_path.read_text().count("data:image/png;base64,") >= 13
+    # Per segment, the blend against that segment's best single model, with an interval.
+    for protocol, body in report["protocols"].items():
+        comparison = body["segments_vs_best_single"]
+        table = body["by_group"]["segment_name"]
+        assert set(comparison["segments"]) == set(table)
+        for segment, entry in comparison["segments"].items():
+            row = table[segment]
+            best = max(run.model_names, key=lambda name: row[name])
+            assert entry["best_single"] == pytest.approx(row[best], abs=1e-5), protocol
+            assert entry["blend"] == pytest.approx(row["blend"], abs=1e-5)
+            assert entry["n_customers"] == row["n_customers"]
+            interval = entry["blend_minus_best"]
+            assert interval["low"] <= interval["estimate"] <= interval["high"]
+            assert interval["estimate"] == pytest.approx(row["blend"] - row[best], abs=1e-4)
+        ahead = sum(e["blend_minus_best"]["estimate"] > 0 for e in comparison["segments"].values())
+        assert comparison["blend_ahead"] == ahead
+        assert comparison["of"] == len(table)
+    assert html_path.read_text().count("data:image/png;base64,") >= 17
     assert report["rating_errors"]["ratings"] > 0
 
 

@@ -79,7 +79,7 @@ def clean_dataset(
         return frame[~mask] if mask.any() else frame
 
     try:
-        products = clean_products(raw.read("products"), report, settings)
+        products = clean_products(raw.read("products"), report, settings, dayfirst=dayfirst)
         list_price = list_prices(products)
         staging = clean_dir / ".staging" / "events.parquet"
         staged = stage_events(

@@ -46,6 +46,7 @@ RAW_COLUMNS: dict[str, tuple[str, ...]] = {
         "price",
         "in_stock",
         "tags",
+        "launch_ts",  # optional: when the product went on sale
     ),
     "events": (
         "event_id",

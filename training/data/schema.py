@@ -55,6 +55,7 @@ def _products() -> pa.DataFrameSchema:
             "price_outlier": pa.Column(bool),
             "in_stock": pa.Column(bool),
             "tags": pa.Column(str, nullable=True),
+            "launch_ts": pa.Column(UTC_NS, coerce=True, nullable=True),
             "imputed_columns": pa.Column(str),
         },
         strict=True,

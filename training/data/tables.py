@@ -30,7 +30,12 @@ def _arrow_schema(table: str) -> pa.Schema:
             "consent_marketing": pa.bool_(),
             "merged_records": pa.int64(),
         },
-        "products": {"price": pa.float64(), "price_outlier": pa.bool_(), "in_stock": pa.bool_()},
+        "products": {
+            "price": pa.float64(),
+            "price_outlier": pa.bool_(),
+            "in_stock": pa.bool_(),
+            "launch_ts": pa.timestamp("ns", tz="UTC"),
+        },
         "events": {
             "ts": pa.timestamp("ns", tz="UTC"),
             "quantity": pa.int64(),

@@ -101,6 +101,16 @@ class HeldOut:
     min_rating: float | None = None
     n_dropped: int = 0
 
+    @property
+    def catalogue_time(self) -> pd.Timestamp:
+        """When the catalogue a model ranks here is taken: the latest event of either side
+        (the end of the held-out window). Products launched by then are candidates, those
+        launched inside the window with no interactions yet (as the nightly retraining
+        after each launch ships them); products launched later are not: ranking them
+        would fill the list with products nobody could buy yet."""
+        latest = [frame["ts"].max() for frame in (self.train, self.held_out) if len(frame)]
+        return pd.Timestamp(max(latest)) if latest else self.reference_time
+
     def relevant_events(self) -> pd.DataFrame:
         """The held-out events that make their item relevant."""
         return self.held_out[_relevant_mask(self.held_out, self.relevant_types, self.min_rating)]

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from segrec.scoring import EVENT_TYPES, CustomerState, decay
 
 DAY = pd.Timedelta(days=1)
+LAUNCH_COLUMN = "launch_ts"  # products: when the product went on sale (optional)
 
 
 class IdVocabulary:
@@ -145,6 +146,9 @@ class Interactions:
         Segment of each customer, -1 when unknown.
     dropped_events : int
         Events left out: unknown customer, product or event type.
+    listed : ndarray of bool or None
+        Items in the catalogue at ``catalogue_time`` (see :meth:`from_events`): the
+        candidates a ranking may hold. None: every item.
 
     Examples
     --------
@@ -170,6 +174,7 @@ class Interactions:
     products: pd.DataFrame | None = None
     segments: np.ndarray | None = None
     dropped_events: int = 0
+    listed: np.ndarray | None = None
 
     @classmethod
     def from_events(
@@ -180,6 +185,7 @@ class Interactions:
         customer_ids: Iterable[str] | None = None,
         reference_time: pd.Timestamp | str | None = None,
         segments: Mapping[str, int] | pd.Series | None = None,
+        catalogue_time: pd.Timestamp | str | None = None,
     ) -> Interactions:
         """Index clean events (columns ``customer_id, product_id, ts, type, value``).
 
@@ -199,6 +205,12 @@ class Interactions:
             they would leak the future into training: split first.
         segments : mapping or Series of customer id -> segment, optional
             See :meth:`with_segments`.
+        catalogue_time : Timestamp, optional
+            When the catalogue being ranked is taken (default ``reference_time``): products
+            whose ``launch_ts`` is after it are not ``listed``. An evaluation passes the
+            end of its held-out window, so products launched inside the window are
+            candidates (with no interactions, as the nightly retraining after each launch
+            would ship them) and products launched later are not.
         """
         ts = pd.to_datetime(events["ts"], utc=True)
         now = ts.max() if reference_time is None else pd.Timestamp(reference_time)
@@ -240,9 +252,16 @@ class Interactions:
         order = np.lexsort((-age, customer))
         indptr = np.zeros(len(customers) + 1, dtype=np.int64)
         np.cumsum(np.bincount(customer, minlength=len(customers)), out=indptr[1:])
-        aligned = None
+        aligned = listed = None
         if products is not None:
             aligned = products.drop_duplicates("product_id").reset_index(drop=True)
+            if LAUNCH_COLUMN in aligned:
+                shown = now if catalogue_time is None else pd.Timestamp(catalogue_time)
+                if shown.tzinfo is None:
+                    shown = shown.tz_localize("UTC")
+                launch = pd.to_datetime(aligned[LAUNCH_COLUMN], utc=True)
+                # No launch date: listed (the catalogue has it and nothing says otherwise).
+                listed = ~(launch > shown).to_numpy(dtype=bool)
         data = cls(
             customers=customers,
             items=items,
@@ -255,6 +274,7 @@ class Interactions:
             reference_time=now,
             products=aligned,
             dropped_events=int((~keep).sum()),
+            listed=listed,
         )
         return data if segments is None else data.with_segments(segments)
 

@@ -28,9 +28,7 @@ import pandas as pd
 from sklearn.utils.validation import check_scalar
 
 from training.models.category_popularity import CategoryPopularity
-from training.models.interactions import DAY, EventWeights, Interactions
-
-LAUNCH_COLUMN = "launch_ts"
+from training.models.interactions import DAY, LAUNCH_COLUMN, EventWeights, Interactions
 
 
 def launch_age_days(interactions: Interactions) -> np.ndarray:

@@ -27,7 +27,7 @@ from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender, sample_customers
-from training.models.interactions import Interactions
+from training.models.interactions import LAUNCH_COLUMN, Interactions
 from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
 from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search
@@ -105,9 +105,32 @@ def _split(settings: Settings, events: pd.DataFrame) -> EvaluationSplit:
     return make_split(settings.eval_protocol, events, **params)
 
 
+def with_launch_dates(products: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """``products`` with every missing ``launch_ts`` (or the whole column, when the export
+    has none) filled with the product's first event: the best stand-in for when it went
+    on sale, so each evaluation window ranks the catalogue of its own time
+    (:attr:`HeldOut.catalogue_time`). Products with neither stay undated (always listed)."""
+    first_event = events.groupby("product_id", observed=True)["ts"].min()
+    first = products["product_id"].map(first_event)
+    known = products.get(LAUNCH_COLUMN, pd.NaT)
+    launch = pd.to_datetime(pd.Series(known, index=products.index), utc=True)
+    return products.assign(**{LAUNCH_COLUMN: launch.fillna(pd.to_datetime(first, utc=True))})
+
+
+def on_sale(products: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
+    """The products launched by ``now`` (or undated): what the bundle ships. A product
+    launching later joins at the first retraining after its launch, so serving never
+    shows a product before it is on sale."""
+    return products[~(products[LAUNCH_COLUMN] > now)].reset_index(drop=True)
+
+
 def _interactions(side: HeldOut, products: pd.DataFrame, segments: pd.Series) -> Interactions:
     return Interactions.from_events(
-        side.train, products=products, reference_time=side.reference_time, segments=segments
+        side.train,
+        products=products,
+        reference_time=side.reference_time,
+        segments=segments,
+        catalogue_time=side.catalogue_time,
     )
 
 
@@ -329,7 +352,7 @@ def run_training(
     lap = laps.lap
 
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
-    products = pd.read_parquet(settings.clean_dir / "products.parquet")
+    products = with_launch_dates(pd.read_parquet(settings.clean_dir / "products.parquet"), events)
     segments = load_segments(settings)
     segment_of = segments["segment_id"].astype("int64")
     split = _split(settings, events)
@@ -376,6 +399,8 @@ def run_training(
         ("new_products", True, False),
     )
     unseen_products = _popularity(before) == 0
+    if before.listed is not None:
+        unseen_products &= before.listed
     for protocol, new_only, filtered in views:
         ids, index, held = held_out(split.test, before, new_items_only=new_only, known_only=False)
         if protocol == "new_products":
@@ -410,11 +435,9 @@ def run_training(
     rating_errors = _rating_errors(models["svd"], before, split.test.held_out)
     exported = None
     if export_bundle:
+        now = pd.Timestamp(events["ts"].max())
         everything = Interactions.from_events(
-            events,
-            products=products,
-            reference_time=pd.Timestamp(events["ts"].max()),
-            segments=segment_of,
+            events, products=on_sale(products, now), reference_time=now, segments=segment_of
         )
         final = fit_models(make_models(settings, tuned.best), everything)
         lap("fit_for_export")

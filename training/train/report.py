@@ -36,12 +36,54 @@ def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
     return out
 
 
+def segments_against_best_single(
+    result: RankingResult, model_names: list[str], seed: int, column: str = "segment_name"
+) -> dict[str, Any]:
+    """Per segment: the trained model with the best mean NDCG@k there (picked on the test
+    customers themselves, so the comparison favours it), and the paired bootstrap interval
+    of the blend minus it over the segment's customers; with how many segments the blend
+    leads, and leads or trails beyond the interval."""
+    labels = result.groups.set_index("customer_id")[column]
+    blend = result.runs[BLEND].to_frame()["ndcg"]
+    singles = {name: result.runs[name].to_frame()["ndcg"] for name in model_names}
+    segments: dict[str, Any] = {}
+    for segment, members in labels.groupby(labels).groups.items():
+        means = {name: float(values.loc[members].mean()) for name, values in singles.items()}
+        best = max(means, key=lambda name: means[name])
+        difference = paired_bootstrap(
+            blend.loc[members].to_numpy(),
+            singles[best].loc[members].to_numpy(),
+            random_state=seed,
+        ).to_dict()
+        segments[str(segment)] = {
+            "n_customers": len(members),
+            "blend": round(float(blend.loc[members].mean()), 5),
+            "best_single_model": best,
+            "best_single": round(means[best], 5),
+            "blend_minus_best": difference,
+        }
+    return {
+        "segments": segments,
+        "blend_ahead": sum(s["blend_minus_best"]["estimate"] > 0 for s in segments.values()),
+        "blend_ahead_beyond_interval": sum(
+            s["blend_minus_best"]["low"] > 0 for s in segments.values()
+        ),
+        "blend_behind_beyond_interval": sum(
+            s["blend_minus_best"]["high"] < 0 for s in segments.values()
+        ),
+        "of": len(segments),
+    }
+
+
 def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     protocols: dict[str, Any] = {}
     for protocol, result in run.results.items():
         protocols[protocol] = {
             "summary": result.summary(),
             "intervals": _intervals(result, settings.seed),
+            "segments_vs_best_single": segments_against_best_single(
+                result, run.model_names, settings.seed
+            ),
             "by_group": {
                 column: json.loads(result.by_group(column).round(5).to_json(orient="index"))
                 for column in GROUPS
@@ -139,6 +181,27 @@ def _by_segment(report: dict[str, Any], protocol: str) -> str:
     return png_base64(fig)
 
 
+def _segment_differences(report: dict[str, Any], protocol: str) -> str:
+    comparison = report["protocols"][protocol]["segments_vs_best_single"]["segments"]
+    names = list(comparison)
+    diffs = [comparison[n]["blend_minus_best"] for n in names]
+    estimate = np.array([d["estimate"] for d in diffs])
+    low = estimate - np.array([d["low"] for d in diffs])
+    high = np.array([d["high"] for d in diffs]) - estimate
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    colours = ["tab:green" if e > 0 else "tab:orange" for e in estimate]
+    ax.bar(names, estimate, yerr=[low, high], color=colours, capsize=3)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(
+        range(len(names)),
+        [f"{n}\nvs {comparison[n]['best_single_model']}" for n in names],
+        fontsize=7,
+    )
+    ax.set_ylabel(f"blend - best single, NDCG@{report['k']}")
+    ax.set_title(f"{protocol}: blend minus each segment's best single model (95% interval)")
+    return png_base64(fig)
+
+
 def _blend_weights(report: dict[str, Any]) -> str:
     rows = {**report["blend"]["segments"], "global": report["blend"]["global"]}
     models = report["models"]
@@ -200,6 +263,12 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
     for protocol in report["protocols"]:
         figures.append((f"{protocol}: accuracy", _bars_with_intervals(report, protocol)))
         figures.append((f"{protocol}: per segment", _by_segment(report, protocol)))
+        figures.append(
+            (
+                f"{protocol}: blend against each segment's best single model",
+                _segment_differences(report, protocol),
+            )
+        )
         figures.append((f"{protocol}: coverage", _coverage(report, protocol)))
         if report["protocols"][protocol].get("score_histograms", {}).get("methods"):
             figures.append(

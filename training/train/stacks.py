@@ -64,14 +64,21 @@ def score_stack(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Normalised scores (customers, models, items) of customer indices (-1 = unknown),
-    written into ``out`` when given (e.g. rows of a larger stack)."""
+    written into ``out`` when given (e.g. rows of a larger stack). Items not ``listed``
+    in ``data``'s catalogue are EXCLUDED for every model: no ranking may hold them."""
     shape = (len(customers), len(models), data.n_items)
     if out is not None and out.shape != shape:
         raise ValueError(f"out must have shape {shape}, got {out.shape}")
     stack = np.empty(shape) if out is None else out
+    unlisted = None if data.listed is None or data.listed.all() else ~data.listed
     for row, customer in enumerate(customers):
         raw = np.vstack([model.score(int(customer)) for model in models.values()])
+        if unlisted is not None:
+            # Scaled among the candidates only, as serving scales its catalogue.
+            raw[:, unlisted] = np.nan
         stack[row] = normalise(raw)
+        if unlisted is not None:
+            stack[row][:, unlisted] = EXCLUDED
     return stack
 
 

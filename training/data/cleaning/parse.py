@@ -15,6 +15,8 @@ from segrec.pseudonym import FLOAT_ID
 
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "granted", "opt-in", "on"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "denied", "opt-out", "off"})
+# An ISO 8601 string that ends in its offset: Z, +01:00, -0500, or +01 after a time.
+ISO_OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2}|:\d{2}(?:\.\d+)?[+-]\d{2})$"
 
 
 def _arrow_text(values: pd.Series) -> pd.Series:
@@ -59,7 +61,8 @@ def parse_timestamps(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, p
     ``01 Mar 2026 12:00`` and ``2026/03/01 12:00:00``. Missing values are not counted
     as unparseable.
     """
-    text = clean_text(values)
+    arrow = _arrow_text(values)
+    text = _to_object(arrow)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     todo = text.notna()
 
@@ -68,7 +71,12 @@ def parse_timestamps(values: pd.Series, *, dayfirst: bool) -> tuple[pd.Series, p
         out.loc[ok.index[ok]] = parsed[ok]
         todo.loc[ok.index[ok]] = False
 
-    attempt(todo, pd.to_datetime(text[todo], format="ISO8601", utc=True, errors="coerce"))
+    # One ISO8601 call over both kinds would read a naive string that follows one with an
+    # offset at that offset (pandas 2.3: "...+01:00" then "2026-03-01 12:00:00" gives
+    # 11:00 UTC), so strings with an offset and naive ones are parsed apart.
+    with_offset = todo & arrow.str.contains(ISO_OFFSET, regex=True).fillna(False).astype(bool)
+    for part in (with_offset, todo & ~with_offset):
+        attempt(part, pd.to_datetime(text[part], format="ISO8601", utc=True, errors="coerce"))
     epoch = todo & text.str.fullmatch(r"\d{9,13}", na=False)
     if epoch.any():
         numbers = text[epoch].astype(np.int64)

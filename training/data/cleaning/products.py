@@ -1,4 +1,5 @@
-"""Clean the products table: ids, duplicates, categories, brands, prices, stock flags."""
+"""Clean the products table: ids, duplicates, categories, brands, prices, stock flags,
+launch dates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import pandas as pd
 from segrec.settings import Settings
 from training.data.cleaning.impute import impute
 from training.data.cleaning.outliers import fit_fences, flag_outliers
-from training.data.cleaning.parse import clean_text, parse_booleans, parse_numbers
+from training.data.cleaning.parse import (
+    clean_text,
+    parse_booleans,
+    parse_numbers,
+    parse_timestamps,
+)
 from training.data.cleaning.rows import identified_rows
 from training.data.cleaning.standardise import standardise_categories
 from training.data.quality import QualityReport
@@ -17,9 +23,18 @@ from training.data.schema import SCHEMAS
 UNCATEGORISED = "uncategorised"
 
 
-def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings) -> pd.DataFrame:
-    """Typed, standardised, de-duplicated products; rows that cannot go on are set aside."""
+def clean_products(
+    raw: pd.DataFrame, report: QualityReport, settings: Settings, *, dayfirst: bool
+) -> pd.DataFrame:
+    """Typed, standardised, de-duplicated products; rows that cannot go on are set aside.
+
+    ``dayfirst`` reads ambiguous slash dates in ``launch_ts`` as the customers' signup
+    dates are read. A missing or unparseable launch date stays missing (NaT): models
+    that need one fall back on the product's first event.
+    """
     quality = report.table("products")
+    if "launch_ts" not in raw:  # a raw dataset written before launch dates were carried
+        raw = raw.assign(launch_ts=None)
     frame = identified_rows(raw, "products", "product_id", report)
 
     content = list(RAW_COLUMNS["products"])
@@ -98,6 +113,14 @@ def clean_products(raw: pd.DataFrame, report: QualityReport, settings: Settings)
     frame["in_stock"] = in_stock.astype(object)
     quality.imputed["in_stock"] = impute(frame, "in_stock", "mode", trail, fallback=True)
     frame["in_stock"] = frame["in_stock"].astype(bool)
+
+    launch, unparseable = parse_timestamps(frame["launch_ts"], dayfirst=dayfirst)
+    quality.fix("launch_ts_unparseable_to_missing", int(unparseable.sum()))
+    quality.notes["launch_ts_missing"] = {
+        "count": int(launch.isna().sum()),
+        "kept": "missing, not imputed: models use the product's first event",
+    }
+    frame["launch_ts"] = launch
 
     frame["imputed_columns"] = trail
     frame["price_outlier"] = frame["price_outlier"].astype(bool)

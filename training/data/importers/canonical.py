@@ -2,11 +2,13 @@
 
 The input is a directory with ``events.csv`` or ``events.parquet`` and optionally
 ``customers.*`` and ``products.*``, with the canonical column names of
-:data:`training.data.raw.RAW_COLUMNS` (``column_map`` renames others). Missing
-customers or products are derived from the events: one row per distinct id, first
-seen at the event row that ``_row`` points to. The shared conventions (float ids,
-assumed consent, first-seen ids) live here because they are part of what
-"canonical" means for every source.
+:data:`training.data.raw.RAW_COLUMNS` (``column_map`` renames others). Only
+:data:`REQUIRED_COLUMNS` must be there; an optional column left out is null, e.g. the
+products' ``launch_ts`` (when the product went on sale; missing -> the first event on
+the product is used). Missing customers or products are derived from the events: one
+row per distinct id, first seen at the event row that ``_row`` points to. The shared
+conventions (float ids, assumed consent, first-seen ids) live here because they are part
+of what "canonical" means for every source.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ from training.data.synthetic.vocabulary import CITIES
 GENERATOR_VERSION = "2"
 HISTORY_DAYS = 540
 CUSTOMERS_PER_BLOCK = 20_000
+# Values added to the export after version 2 draw their mess from side streams
+# ``default_rng([seed, stream])``, never from the main stream, so everything else a seed
+# gives (customers, events, ...) stays byte-identical.
+LAUNCH_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class MessRates:
     category_respelled: float = 0.15
     brand_recased: float = 0.05
     missing_price: float = 0.02
+    missing_launch: float = 0.02  # launch_ts blanked (drawn from the LAUNCH_STREAM side stream)
     product_price_outlier: float = 0.005
     duplicate_product_row: float = 0.005
     missing_title: float = 0.005
@@ -210,7 +215,8 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with RawTableWriter(out_dir, "products") as writer:
-        writer.write(_raw_products(catalogue, rates, rng))
+        launch_rng = np.random.default_rng([seed, LAUNCH_STREAM])
+        writer.write(_raw_products(catalogue, rates, rng, launch_rng))
     with RawTableWriter(out_dir, "customers") as writer:
         writer.write(_raw_customers(pop, rates, rng))
 
@@ -257,7 +263,14 @@ def generate(
     return summary
 
 
-def _raw_products(catalogue: Catalogue, rates: MessRates, rng: np.random.Generator) -> pd.DataFrame:
+def _raw_products(
+    catalogue: Catalogue,
+    rates: MessRates,
+    rng: np.random.Generator,
+    launch_rng: np.random.Generator,
+) -> pd.DataFrame:
+    """The raw products; ``launch_ts`` (mixed formats, a share blanked) draws only from
+    ``launch_rng``, so ``rng`` is consumed exactly as before launch dates were written."""
     n = catalogue.n
     price, _ = mess.inject_outliers(catalogue.price, rates.product_price_outlier, rng, 50, 200)
     price_text = np.array([f"{p:.2f}" for p in price], dtype=object)
@@ -281,9 +294,15 @@ def _raw_products(catalogue: Catalogue, rates: MessRates, rng: np.random.Generat
             "price": price_text,
             "in_stock": mess.spell_booleans(catalogue.in_stock, rng),
             "tags": None,
+            "launch_ts": mess.blank(
+                mess.format_timestamps(catalogue.launch.astype(np.int64), launch_rng),
+                rates.missing_launch,
+                launch_rng,
+            ),
             "_source": "products.parquet",
         }
     )
+    # Duplicated rows are copies, launch_ts included, so they stay exact duplicates.
     dupes = frame[rng.random(n) < rates.duplicate_product_row]
     frame = pd.concat([frame, dupes]).sort_index(kind="stable", ignore_index=True)
     frame["_row"] = np.arange(1, len(frame) + 1)
