@@ -344,10 +344,25 @@ class Settings(BaseSettings):
     blend_max_customers: int = Field(
         2000,
         ge=1,
-        description="Most validation customers the blend weights are fitted on: above it, a "
+        description="Most validation customers the blend weights are fitted on (and the "
+        "hyperparameter search scores, in proportion to segments): above it, a "
         "sample seeded by SEGREC_SEED and stratified by segment (every segment keeps "
         "blend_min_customers). Their score stacks take about 2 x customers x models x "
         "items x 8 bytes (2000 customers: 1.1 GB at 3,700 items, 5.8 GB at 20,000).",
+    )
+    eval_max_customers: int = Field(
+        20000,
+        ge=1,
+        description="Most test customers evaluated per view; above it, a sample seeded by "
+        "SEGREC_SEED in proportion to the blend groups (reports/evaluation.json, "
+        "evaluation_sample, says how many of how many).",
+    )
+    stack_chunk_mb: int = Field(
+        256,
+        ge=1,
+        description="Memory for one chunk of evaluation scores (customers x models x items "
+        "x 8 bytes): the evaluation scores this many MB of customers at a time and keeps "
+        "only their top-k lists.",
     )
     blend_validation_windows: int = Field(
         2,

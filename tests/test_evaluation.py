@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -760,3 +761,72 @@ def test_no_oracle_without_the_generator(tmp_path: Path) -> None:
     assert found is None and not info["available"]
     assert "not the synthetic generator" in info["reason"]
     assert oracle.describe(info).startswith("No oracle row: the data came from")
+
+
+def test_evaluating_in_chunks_gives_the_figures_of_one_chunk() -> None:
+    """A view scored a few customers at a time (what bounds a large storefront's memory)
+    measures every model and the blend exactly as one stack of everyone would."""
+    from segrec.filters import FilterRules
+    from training.models.blend_fit import SegmentBlender
+    from training.train.evaluate import BLEND, RANDOM, ViewChunk, evaluate_rankings
+
+    rng = np.random.default_rng(3)
+    n_customers, n_models, n_items = 23, 3, 40
+    stack = rng.random((n_customers, n_models, n_items))
+    stack[:, :, :2] = -1.0  # excluded for everyone
+    relevant = rng.random((n_customers, n_items)) < 0.1
+    relevant[:, 0] = False
+    relevant[np.arange(n_customers), rng.integers(2, n_items, n_customers)] = True
+    segments = rng.integers(0, 2, n_customers)
+    blender = SegmentBlender(min_customers=5).fit(stack, relevant, relevant.sum(axis=1), segments)
+    bought = [rng.integers(0, n_items, 3) for _ in range(n_customers)]
+    rules = FilterRules(
+        in_stock=rng.random(n_items) < 0.9,
+        category=rng.integers(0, 4, n_items),
+        repeat_category=np.zeros(4, dtype=bool),
+        max_per_category=3,
+    )
+    groups = pd.DataFrame({"customer_id": [f"c{i}" for i in range(n_customers)]})
+    oracle = rng.random((n_customers, n_items))
+
+    def run(rows: int) -> Any:
+        chunks = (
+            ViewChunk(
+                stack=stack[lo : lo + rows],
+                relevant=relevant[lo : lo + rows],
+                segments=segments[lo : lo + rows],
+                bought=bought[lo : lo + rows],
+                extra={"oracle": oracle[lo : lo + rows]},
+            )
+            for lo in range(0, n_customers, rows)
+        )
+        return evaluate_rankings(
+            chunks=chunks,
+            model_names=["a", "b", "c"],
+            blender=blender,
+            groups=groups,
+            k=5,
+            seed=0,
+            rules=rules,
+        )
+
+    whole, pieces = run(n_customers), run(4)
+    assert set(whole.runs) == set(pieces.runs) == {"a", "b", "c", BLEND, RANDOM, "oracle"}
+    for name in ("a", "b", "c", BLEND, "oracle"):
+        for metric, values in whole.runs[name].per_customer.items():
+            np.testing.assert_array_equal(values, pieces.runs[name].per_customer[metric])
+        assert whole.runs[name].coverage == pieces.runs[name].coverage
+    # The histograms add up over the chunks: every relevant item is counted once.
+    for name in ("a", BLEND):
+        assert sum(pieces.score_histograms[name]["relevant"]) == sum(
+            whole.score_histograms[name]["relevant"]
+        )
+    with pytest.raises(ValueError, match="chunks held"):
+        evaluate_rankings(
+            chunks=iter([ViewChunk(stack[:3], relevant[:3], segments[:3])]),
+            model_names=["a", "b", "c"],
+            blender=blender,
+            groups=groups,
+            k=5,
+            seed=0,
+        )

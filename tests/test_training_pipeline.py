@@ -99,6 +99,12 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
         grid = math.prod(len(values) for values in GRIDS[model].values())
         full = min(settings.search_max_trials, grid)
         assert len(trials) == full or (model in search["cut_short_by_time"] and trials)
+    # Fewer test customers than the cap: every one evaluated, and the report says so.
+    evaluated = report["evaluation_sample"]
+    assert evaluated["max_customers"] == settings.eval_max_customers
+    for protocol, body in report["protocols"].items():
+        view = evaluated["views"][protocol]
+        assert view["customers"] == view["of_customers"] == body["summary"]["blend"]["n_customers"]
     # Per segment, the blend against that segment's best single model, with an interval.
     for protocol, body in report["protocols"].items():
         comparison = body["segments_vs_best_single"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -24,7 +25,9 @@ STYLE = (
 
 def json_ready(value: Any) -> Any:
     """``value`` made JSON-ready: NaN and infinities become null (JSON has no NaN), numpy
-    scalars plain Python, mapping keys strings."""
+    scalars plain Python, mapping keys strings, dataclasses dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_ready(dataclasses.asdict(value))  # e.g. EventWeights in search trials
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -3,7 +3,7 @@ on the same customers, overall and per group (segment, lifecycle stage, cold sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,49 +104,80 @@ def blended_scores(stack: np.ndarray, blender: SegmentBlender, segments: np.ndar
     return np.where((stack <= EXCLUDED).all(axis=1), EXCLUDED, total)
 
 
+@dataclass(frozen=True)
+class ViewChunk:
+    """Some of a view's customers, the next rows in its order: every model's normalised
+    scores (customers, models, items), their relevant items (customers, items), blend
+    groups, purchase histories (for the business filters) and ``extra`` rankings such as
+    the oracle's (customers, items)."""
+
+    stack: np.ndarray
+    relevant: np.ndarray
+    segments: np.ndarray
+    bought: list[np.ndarray] | None = None
+    extra: Mapping[str, np.ndarray] | None = None
+
+
 def evaluate_rankings(
     *,
-    stack: np.ndarray,
-    relevant: np.ndarray,
+    chunks: Iterable[ViewChunk],
     model_names: list[str],
     blender: SegmentBlender,
-    segments: np.ndarray,
     groups: pd.DataFrame,
     k: int,
     seed: int,
     popularity: np.ndarray | None = None,
     rules: FilterRules | None = None,
-    bought: list[np.ndarray] | None = None,
-    extra: Mapping[str, np.ndarray] | None = None,
 ) -> RankingResult:
-    """Every model, the blend, the random baseline and the ``extra`` (customers, items)
-    scores (such as the generator's oracle), ranked over the same candidates: items
-    excluded for every model are excluded for the random and extra rankings too."""
+    """Every model, the blend, the random baseline and the ``extra`` scores (such as the
+    generator's oracle), ranked over the same candidates: items excluded for every model
+    are excluded for the random and extra rankings too.
+
+    The customers (``groups``' rows) come in ``chunks``, so a view of many customers over
+    a large catalogue never holds all their scores at once: only the top-k lists are
+    kept. One chunk of every customer gives the same figures as any other split, but for
+    the random baseline's and the score histograms' draws."""
     ids = groups["customer_id"].astype(str).tolist()
-    held = {c: np.flatnonzero(row) for c, row in zip(ids, relevant, strict=True)}
-    rankings: dict[str, np.ndarray] = {name: stack[:, m] for m, name in enumerate(model_names)}
-    rankings[BLEND] = blended_scores(stack, blender, segments)
+    held: dict[str, np.ndarray] = {}
+    lists: dict[str, list[np.ndarray]] = {}
+    histograms: dict[str, dict[str, list[int]]] = {}
     rng = np.random.default_rng(seed)
-    noise = rng.random(stack.shape[::2])
-    excluded = (stack <= EXCLUDED).all(axis=1)
-    rankings[RANDOM] = np.where(excluded, EXCLUDED, noise)
-    for name, scores in (extra or {}).items():
-        rankings[name] = np.where(excluded, EXCLUDED, scores)
+    n_items, done = 0, 0
+    for number, chunk in enumerate(chunks):
+        stack = chunk.stack
+        n_items = stack.shape[2]
+        chunk_ids = ids[done : done + len(stack)]
+        if len(chunk_ids) != len(stack):
+            raise ValueError(f"chunks hold more customers than groups ({len(ids)})")
+        done += len(stack)
+        held.update(
+            (c, np.flatnonzero(row)) for c, row in zip(chunk_ids, chunk.relevant, strict=True)
+        )
+        rankings = {name: stack[:, m] for m, name in enumerate(model_names)}
+        rankings[BLEND] = blended_scores(stack, blender, chunk.segments)
+        excluded = (stack <= EXCLUDED).all(axis=1)
+        rankings[RANDOM] = np.where(excluded, EXCLUDED, rng.random(stack.shape[::2]))
+        for name, scores in (chunk.extra or {}).items():
+            rankings[name] = np.where(excluded, EXCLUDED, scores)
+        for name, scores in rankings.items():
+            lists.setdefault(name, []).extend(_top_k(scores, k, rules, chunk.bought))
+        counts = score_histograms(
+            {n: v for n, v in rankings.items() if n != RANDOM}, chunk.relevant, seed + number
+        )
+        for name, parts in counts.items():
+            total = histograms.setdefault(name, {part: [0] * len(c) for part, c in parts.items()})
+            for part, values in parts.items():
+                total[part] = [a + b for a, b in zip(total[part], values, strict=True)]
+    if done != len(ids):
+        raise ValueError(f"chunks held {done} customers, groups {len(ids)}")
     runs = {
         name: evaluate_run(
-            dict(zip(ids, _top_k(scores, k, rules, bought), strict=True)),
+            dict(zip(ids, ranked, strict=True)),
             held,
             k,
-            n_items=stack.shape[2],
+            n_items=n_items,
             popularity=popularity,
         )
-        for name, scores in rankings.items()
+        for name, ranked in lists.items()
     }
-    return RankingResult(
-        runs=runs,
-        groups=groups,
-        k=k,
-        score_histograms=score_histograms(
-            {n: s for n, s in rankings.items() if n != RANDOM}, relevant, seed
-        ),
-    )
+    return RankingResult(runs=runs, groups=groups, k=k, score_histograms=histograms)

@@ -12,9 +12,9 @@ beside them, because in retail many purchases are repeats.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,18 +22,19 @@ import pandas as pd
 from segrec.scoring import EVENT_TYPES
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
-from training.evaluation.oracle import ORACLE, load_oracle
+from training.evaluation.oracle import ORACLE, WindowOracle, load_oracle
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender, sample_customers
 from training.models.interactions import LAUNCH_COLUMN, Interactions
-from training.train.evaluate import BLEND, RankingResult, evaluate_rankings
+from training.train.evaluate import BLEND, RankingResult, ViewChunk, evaluate_rankings
 from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search
 from training.train.stacks import (
     COLD_START,
     COLD_START_EVENTS,
+    chunk_rows,
     exclude,
     fit_models,
     make_models,
@@ -75,6 +76,8 @@ class TrainingRun:
     search: SearchResult = field(default_factory=SearchResult)
     rating_errors: dict[str, Any] | None = None
     oracle: dict[str, Any] = field(default_factory=dict)  # where it came from, or why none
+    # Test customers evaluated per view, of how many (a seeded sample above the cap).
+    evaluation_sample: dict[str, Any] = field(default_factory=dict)
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -134,17 +137,21 @@ def _interactions(side: HeldOut, products: pd.DataFrame, segments: pd.Series) ->
     )
 
 
-def held_out(
-    side: HeldOut, data: Interactions, *, new_items_only: bool, known_only: bool
-) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+class View(NamedTuple):
+    """What :func:`held_out` returns: customer ids, their training indices (-1 = unknown)
+    and each one's relevant items."""
+
+    ids: list[str]
+    customer_index: np.ndarray
+    held: list[np.ndarray]
+
+
+def held_out(side: HeldOut, data: Interactions, *, new_items_only: bool, known_only: bool) -> View:
     """Customers with held-out relevant items: ids, training indices (-1 = unknown) and
     the items. ``new_items_only`` drops items the customer had any training event on."""
     held = side.relevant(data.items, exclude_train_types=EVENT_TYPES if new_items_only else None)
     ids = [c for c, items in held.items() if len(items) and (c in data.customers or not known_only)]
-    return ids, data.customers.index(ids), [held[c] for c in ids]
-
-
-View = tuple[list[str], np.ndarray, list[np.ndarray]]  # what held_out returns
+    return View(ids, data.customers.index(ids), [held[c] for c in ids])
 
 
 @dataclass(frozen=True)
@@ -365,17 +372,27 @@ def run_training(
     main = held_out(split.validation, train, new_items_only=True, known_only=False)
     tuned = SearchResult()
     if settings.search_max_seconds > 0:
+        # Each trial scores its customers over the catalogue: at most blend_max_customers
+        # of them (seeded, in proportion to their blend groups), like the blend fit.
+        chosen = sample_customers(
+            blend_groups(train, main.customer_index),
+            settings.blend_max_customers,
+            min_per_group=0,
+            random_state=settings.seed,
+        )
+        searched = [main.held[i] for i in chosen]
         tuned = search(
             models,
             train,
-            main[1],
-            relevant_mask(main[2], train.n_items),
-            np.array([len(h) for h in main[2]]),
+            main.customer_index[chosen],
+            relevant_mask(searched, train.n_items),
+            np.array([len(h) for h in searched]),
             k=settings.eval_k,
             seed=settings.seed,
             max_seconds=settings.search_max_seconds,
             max_trials=settings.search_max_trials,
         )
+        tuned.customers = {"customers": len(chosen), "of_customers": len(main.ids)}
         for name, params in tuned.best.items():
             models[name] = models[name].set_params(**params).fit(train)
         lap("search")
@@ -398,6 +415,7 @@ def run_training(
         ("filtered", False, True),
         ("new_products", True, False),
     )
+    evaluated: dict[str, dict[str, int]] = {}
     unseen_products = _popularity(before) == 0
     if before.listed is not None:
         unseen_products &= before.listed
@@ -410,26 +428,36 @@ def run_training(
             if not keep:
                 continue
             ids, index, held = [ids[i] for i in keep], index[keep], [held[i] for i in keep]
-        stack = score_stack(models, before, index)
-        if new_only:
-            stack = exclude(stack, seen_mask(before, index))
-        groups = pd.DataFrame(_groups(ids, index, segments, before))
+        # A large storefront's test customers are sampled (seeded, in proportion to their
+        # blend groups, so the means stay unbiased), and scored a chunk at a time.
+        chosen = sample_customers(
+            blend_groups(before, index),
+            settings.eval_max_customers,
+            min_per_group=0,
+            random_state=settings.seed,
+        )
+        evaluated[protocol] = {"customers": len(chosen), "of_customers": len(ids)}
+        ids, index, held = [ids[i] for i in chosen], index[chosen], [held[i] for i in chosen]
         # The oracle's chance of relevance: in new_products only unseen products count.
         eligible = unseen_products if protocol == "new_products" else True
-        extra = None if oracle is None else {ORACLE: oracle.scores(ids, before.items) * eligible}
+
         results[protocol] = evaluate_rankings(
-            stack=stack,
-            relevant=relevant_mask(held, before.n_items),
+            chunks=_view_chunks(
+                models,
+                before,
+                View(ids, index, held),
+                rows=chunk_rows(settings, len(models), before.n_items),
+                new_only=new_only,
+                bought=filtered,
+                oracle=None if oracle is None else (oracle, eligible),
+            ),
             popularity=_popularity(before),
             model_names=list(models),
             blender=blender,
-            segments=blend_groups(before, index),
-            groups=groups,
+            groups=pd.DataFrame(_groups(ids, index, segments, before)),
             k=settings.eval_k,
             seed=settings.seed,
             rules=rules if filtered else None,
-            bought=[_bought(before, i) for i in index] if filtered else None,
-            extra=extra,
         )
     lap("evaluate")
     rating_errors = _rating_errors(models["svd"], before, split.test.held_out)
@@ -460,7 +488,44 @@ def run_training(
         search=tuned,
         rating_errors=rating_errors,
         oracle=oracle_info,
+        evaluation_sample={
+            "seed": settings.seed,
+            "max_customers": settings.eval_max_customers,
+            "views": evaluated,
+        },
     )
+
+
+def _view_chunks(
+    models: dict[str, Recommender],
+    data: Interactions,
+    view: View,
+    *,
+    rows: int,
+    new_only: bool,
+    bought: bool,
+    oracle: tuple[WindowOracle, np.ndarray | bool] | None,
+) -> Iterator[ViewChunk]:
+    """``view``'s customers ``rows`` at a time: every model's scores (items the customer
+    interacted with excluded when ``new_only``), relevant items, blend groups, purchase
+    histories when ``bought`` (for the business filters), and the oracle's chances times
+    its eligible items."""
+    ids, index, held = view
+    for lo in range(0, len(ids), rows):
+        part = index[lo : lo + rows]
+        stack = score_stack(models, data, part)
+        if new_only:
+            exclude(stack, seen_mask(data, part), copy=False)
+        extra = None
+        if oracle is not None:
+            extra = {ORACLE: oracle[0].scores(ids[lo : lo + rows], data.items) * oracle[1]}
+        yield ViewChunk(
+            stack=stack,
+            relevant=relevant_mask(held[lo : lo + rows], data.n_items),
+            segments=blend_groups(data, part),
+            bought=[_bought(data, i) for i in part] if bought else None,
+            extra=extra,
+        )
 
 
 def _rating_errors(

@@ -99,6 +99,9 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
         "protocol": settings.eval_protocol,
         "split": run.split,
         "customers": run.customers,
+        # Per view, the test customers evaluated and of how many (seeded sample above
+        # eval_max_customers; scored in chunks of stack_chunk_mb).
+        "evaluation_sample": run.evaluation_sample,
         "models": run.model_names,
         "seed": settings.seed,
         "bundle": None if run.export is None else run.export.__dict__,
@@ -132,6 +135,7 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "trials": run.search.trials,
             "seconds": run.search.seconds,
             "cut_short_by_time": run.search.cut_short,
+            "validation_customers": run.search.customers,
         },
         "rating_errors": run.rating_errors,
         # The generator's true preferences as a ranking: the ceiling, synthetic data only.

@@ -1,5 +1,5 @@
-"""A small, time-boxed hyperparameter search for ALS, SVD and the new-arrivals half-life,
-on validation only.
+"""A small, time-boxed hyperparameter search for ALS, SVD, the category-popularity taste
+estimate and the new-arrivals half-life, on validation only.
 
 Each candidate is fitted on the validation protocol's training side and scored by mean
 NDCG@k over the validation customers (new items only, as the blend is). Candidates are
@@ -22,11 +22,21 @@ from sklearn.base import clone
 
 from training.models.base import Recommender
 from training.models.blend_fit import ndcg_at_k
-from training.models.interactions import Interactions
+from training.models.interactions import EventWeights, Interactions
 from training.train.stacks import exclude, score_stack, seen_mask
 
+VIEWS_ONLY = EventWeights(add_to_cart=0.0, purchase=0.0, rating=0.0)
+
 GRIDS: dict[str, dict[str, list[Any]]] = {
-    # Cheap (no factorisation), so first: the other models share what it leaves.
+    # Cheap (no factorisation), so first: the other models share what they leave.
+    # A customer's taste for categories and price bands may be read best from views
+    # alone, each an independent look, over all their history: carts and purchases
+    # follow views, so counting them again weighs the same look twice.
+    "category_popularity": {
+        "event_weights": [EventWeights(), VIEWS_ONLY],
+        "affinity_half_life_days": [90.0, 3650.0],
+        "prior_strength": [5.0, 2.0],
+    },
     "new_arrivals": {"half_life_days": [21.0, 7.0, 60.0]},
     "als": {
         "embedding_size": [64, 32, 128],
@@ -48,6 +58,7 @@ class SearchResult:
     trials: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seconds: float = 0.0
     cut_short: list[str] = field(default_factory=list)  # models the time cap stopped
+    customers: dict[str, int] = field(default_factory=dict)  # scored, and of how many
 
 
 def _candidates(grid: dict[str, list[Any]], seed: int) -> list[dict[str, Any]]:

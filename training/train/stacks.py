@@ -82,6 +82,12 @@ def score_stack(
     return stack
 
 
+def chunk_rows(settings: Settings, n_models: int, n_items: int) -> int:
+    """Customers per chunk of a score stack: as many as fit ``settings.stack_chunk_mb``."""
+    per_customer = max(n_models * n_items * 8, 1)
+    return max(1, int(settings.stack_chunk_mb * 2**20 // per_customer))
+
+
 def seen_mask(data: Interactions, customers: np.ndarray) -> np.ndarray:
     """(customers, items): items each customer interacted with in training."""
     mask = np.zeros((len(customers), data.n_items), dtype=bool)
