@@ -14,7 +14,7 @@ from segrec.blend import weights_for
 from segrec.filters import FilterRules
 from training.evaluation.metrics import RunMetrics, evaluate_run
 from training.evaluation.oracle import ORACLE, ORACLE_LABEL
-from training.models.blend_fit import SegmentBlender
+from training.models.blend_fit import SegmentBlender, top_k_rows
 from training.train.stacks import EXCLUDED
 
 BLEND = "blend"
@@ -83,7 +83,7 @@ def _top_k(
         allowed = np.vstack([rules.allowed(b) for b in histories])
         scores = np.where(allowed, scores, EXCLUDED)
     depth = k if rules is None or rules.max_per_category <= 0 else min(scores.shape[1], 4 * k)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+    order = top_k_rows(scores, depth)
     kept = np.take_along_axis(scores, order, axis=1) > EXCLUDED
     lists = [row[mask] for row, mask in zip(order, kept, strict=True)]
     if rules is None:
