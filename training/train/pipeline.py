@@ -63,6 +63,15 @@ def blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
     return np.where(events < COLD_START_EVENTS, COLD_START, segment)
 
 
+def proportional_sample(
+    data: Interactions, customers: np.ndarray, cap: int, seed: int
+) -> np.ndarray:
+    """Sorted positions of at most ``cap`` of ``customers`` (indices in ``data``), seeded,
+    drawn in proportion to their blend groups so means over them stay unbiased (all of
+    them when there are no more)."""
+    return sample_customers(blend_groups(data, customers), cap, min_per_group=0, random_state=seed)
+
+
 @dataclass
 class TrainingRun:
     model_names: list[str]
@@ -372,13 +381,9 @@ def run_training(
     main = held_out(split.validation, train, new_items_only=True, known_only=False)
     tuned = SearchResult()
     if settings.search_max_seconds > 0:
-        # Each trial scores its customers over the catalogue: at most blend_max_customers
-        # of them (seeded, in proportion to their blend groups), like the blend fit.
-        chosen = sample_customers(
-            blend_groups(train, main.customer_index),
-            settings.blend_max_customers,
-            min_per_group=0,
-            random_state=settings.seed,
+        # Each trial scores its customers over the catalogue: at most blend_max_customers.
+        chosen = proportional_sample(
+            train, main.customer_index, settings.blend_max_customers, settings.seed
         )
         searched = [main.held[i] for i in chosen]
         tuned = search(
@@ -428,19 +433,12 @@ def run_training(
             if not keep:
                 continue
             ids, index, held = [ids[i] for i in keep], index[keep], [held[i] for i in keep]
-        # A large storefront's test customers are sampled (seeded, in proportion to their
-        # blend groups, so the means stay unbiased), and scored a chunk at a time.
-        chosen = sample_customers(
-            blend_groups(before, index),
-            settings.eval_max_customers,
-            min_per_group=0,
-            random_state=settings.seed,
-        )
+        # A large storefront's test customers are sampled, and scored a chunk at a time.
+        chosen = proportional_sample(before, index, settings.eval_max_customers, settings.seed)
         evaluated[protocol] = {"customers": len(chosen), "of_customers": len(ids)}
         ids, index, held = [ids[i] for i in chosen], index[chosen], [held[i] for i in chosen]
         # The oracle's chance of relevance: in new_products only unseen products count.
         eligible = unseen_products if protocol == "new_products" else True
-
         results[protocol] = evaluate_rankings(
             chunks=_view_chunks(
                 models,
