@@ -152,6 +152,37 @@ def test_the_blend_is_never_worse_than_the_best_single_model_on_validation(seed:
     singles = [ndcg_at_k(stack[:, m], relevant, relevant.sum(1), 10).mean() for m in range(4)]
     assert blender.single_ndcg_ == pytest.approx(singles, abs=1e-5)
     assert _blend_ndcg(blender, stack, relevant, segments) >= max(singles) - 1e-9
+    # Each fitted segment too, before the new-product floor (its recorded value).
+    for segment, value in blender.validation_ndcg_.items():
+        mine = segments == segment
+        best = max(
+            ndcg_at_k(stack[mine, m], relevant[mine], relevant[mine].sum(1), 10).mean()
+            for m in range(4)
+        )
+        assert value >= round(best, 4) - 1e-4
+
+
+def test_shrinking_never_takes_a_segment_below_its_best_single_model() -> None:
+    rng = np.random.default_rng(7)
+    n_big, n_small, items = 200, 40, 30
+    segments = np.repeat([0, 1], [n_big, n_small])
+    relevant = np.zeros((n_big + n_small, items), dtype=bool)
+    relevant[np.arange(len(segments)), rng.integers(0, items, len(segments))] = True
+    stack = rng.random((len(segments), 3, items))
+    # The large segment is ranked by model 0 and so are the global weights; the small one
+    # by model 2, whose relevant items lead by only 0.05: a quarter of anything else mixed
+    # in (what shrinking 40 customers towards the global weights does) buries them.
+    stack[:n_big, 0] = relevant[:n_big] + 0.3 * rng.random((n_big, items))
+    stack[n_big:, 2] = 0.9 + 0.05 * relevant[n_big:] + 0.01 * rng.random((n_small, items))
+    blender = SegmentBlender(min_customers=15).fit(stack, relevant, relevant.sum(1), segments)
+    small = segments == 1
+    alone = ndcg_at_k(stack[small, 2], relevant[small], relevant[small].sum(1), 10).mean()
+    assert alone > 0.95
+    shrunk = 40 / (40 + 15) * np.eye(3)[2] + 15 / (40 + 15) * blender.global_weights_
+    mixed = np.einsum("m,cmi->ci", shrunk, stack[small])
+    assert ndcg_at_k(mixed, relevant[small], relevant[small].sum(1), 10).mean() < 0.7 * alone
+    assert blender.validation_ndcg_[1] >= alone - 1e-9
+    assert _blend_ndcg(blender, stack[small], relevant[small], segments[small]) >= alone - 1e-9
 
 
 def test_new_product_floor_is_the_largest_that_validation_allows() -> None:

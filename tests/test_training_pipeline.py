@@ -105,22 +105,35 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
     for protocol, body in report["protocols"].items():
         view = evaluated["views"][protocol]
         assert view["customers"] == view["of_customers"] == body["summary"]["blend"]["n_customers"]
-    # Per segment, the blend against that segment's best single model, with an interval.
+    # Per segment, the blend against the best single model overall (chosen on validation)
+    # and against that segment's best single model (picked on test), with intervals.
+    overall = run.model_names[int(np.argmax(run.blender.single_ndcg_))]
     for protocol, body in report["protocols"].items():
         comparison = body["segments_vs_best_single"]
+        assert comparison["overall_best_single_model"] == overall
         table = body["by_group"]["segment_name"]
         assert set(comparison["segments"]) == set(table)
         for segment, entry in comparison["segments"].items():
             row = table[segment]
             best = max(run.model_names, key=lambda name: row[name])
             assert entry["best_single"] == pytest.approx(row[best], abs=1e-5), protocol
+            assert entry["overall_best_single"] == pytest.approx(row[overall], abs=1e-5)
             assert entry["blend"] == pytest.approx(row["blend"], abs=1e-5)
             assert entry["n_customers"] == row["n_customers"]
-            interval = entry["blend_minus_best"]
-            assert interval["low"] <= interval["estimate"] <= interval["high"]
-            assert interval["estimate"] == pytest.approx(row["blend"] - row[best], abs=1e-4)
-        ahead = sum(e["blend_minus_best"]["estimate"] > 0 for e in comparison["segments"].values())
-        assert comparison["blend_ahead"] == ahead
+            for key, single in (("blend_minus_best", best), ("blend_minus_overall_best", overall)):
+                interval = entry[key]
+                assert interval["low"] <= interval["estimate"] <= interval["high"]
+                assert interval["estimate"] == pytest.approx(row["blend"] - row[single], abs=1e-4)
+        for tally, key in (
+            ("vs_segment_best", "blend_minus_best"),
+            ("vs_overall_best", "blend_minus_overall_best"),
+        ):
+            entries = comparison["segments"].values()
+            assert comparison[tally] == {
+                "blend_ahead": sum(e[key]["estimate"] > 0 for e in entries),
+                "blend_ahead_beyond_interval": sum(e[key]["low"] > 0 for e in entries),
+                "blend_behind_beyond_interval": sum(e[key]["high"] < 0 for e in entries),
+            }
         assert comparison["of"] == len(table)
     assert html_path.read_text().count("data:image/png;base64,") >= 17
     assert report["rating_errors"]["ratings"] > 0

@@ -11,10 +11,14 @@ that measurably helps.
 Minimum-data rule: a segment is fitted on its own only when it has at least
 ``min_customers`` validation customers with a held-out item; otherwise it uses the global
 weights (fitted on every validation customer), and ``backed_off_`` says so. A fitted
-segment starts from the global weights and its result is shrunk towards them by
-``n / (n + min_customers)`` for its ``n`` customers; if the shrunk weights score below
-the global ones on the segment, the segment keeps the global weights. Small segments
-would otherwise get weights fitted to noise.
+segment's search starts from the global weights, and again from its best single model (or
+equal weights) when it ends below that on the segment's customers; the result is shrunk
+towards the global weights by ``n / (n + min_customers)`` for its ``n`` customers, since
+small segments would otherwise get weights fitted to noise. If the shrunk weights score
+below the segment's best single model, the unshrunk fit is kept; if below the global
+weights, the global weights are. So before the new-product floor and the own-history
+shares, no fitted segment scores below its best single model or the global weights on
+validation.
 
 Own-history models (``repeat_model``: the buy-again model, and the interest model of
 viewed and carted items): on the main validation view (new items only) such a model
@@ -265,14 +269,26 @@ class SegmentBlender(BaseEstimator):
                 self.backed_off_.append(int(segment))
                 continue
             part = stack[chosen], relevant[chosen], n_relevant[chosen]
-            fitted, _ = self._search(*part, deadline, self.global_weights_)
+            global_value = self._value(self.global_weights_, *part)
+            fitted, fitted_value = self._search(*part, deadline, self.global_weights_)
+            single = self._start(*part)
+            single_value = self._value(single, *part)
+            if fitted_value < single_value:
+                # Coordinate ascent from the global weights can stall below a single
+                # model of the segment: search again from that model.
+                fitted, fitted_value = self._search(*part, deadline, single)
             # Shrink towards the global weights by how much data the segment has: a segment
             # just over the minimum is mostly global, a large one mostly its own.
             share = chosen.sum() / (chosen.sum() + self.min_customers)
             final = share * fitted + (1 - share) * self.global_weights_
             value = self._value(final, *part)
-            if value < self._value(self.global_weights_, *part):
-                final, value = self.global_weights_, self._value(self.global_weights_, *part)
+            if value < single_value:
+                # Mixing in the global weights can bury a model whose scores separate by
+                # little (new arrivals for trend followers): shrinking guards against
+                # noise, not against what one model alone shows on the segment.
+                final, value = fitted, fitted_value
+            if value < global_value:
+                final, value = self.global_weights_, global_value
             weights.append(final)
             self.validation_ndcg_[int(segment)] = round(value, 4)
         self.segment_weights_ = np.vstack(weights) if weights else np.zeros((0, stack.shape[1]))
