@@ -219,7 +219,7 @@ def _segment_differences(report: dict[str, Any], protocol: str) -> str:
     comparison = body["segments"]
     names = list(comparison)
     overall = body["overall_best_single_model"]
-    fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
     positions = np.arange(len(names))
     for offset, key, label in (
         (-0.2, "blend_minus_overall_best", f"vs {overall} (best overall on validation)"),
@@ -232,7 +232,7 @@ def _segment_differences(report: dict[str, Any], protocol: str) -> str:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(
         positions,
-        [f"{n}\n(best: {comparison[n]['best_single_model']})" for n in names],
+        [f"{n}\ntest-best:\n{comparison[n]['best_single_model']}" for n in names],
         fontsize=7,
     )
     ax.set_ylabel(f"blend - single, NDCG@{report['k']}")
@@ -304,7 +304,7 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
         figures.append((f"{protocol}: per segment", _by_segment(report, protocol)))
         figures.append(
             (
-                f"{protocol}: blend against each segment's best single model",
+                f"{protocol}: blend against single models per segment",
                 _segment_differences(report, protocol),
             )
         )
