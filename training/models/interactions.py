@@ -39,6 +39,24 @@ DAY = pd.Timedelta(days=1)
 LAUNCH_COLUMN = "launch_ts"  # products: when the product went on sale (optional)
 
 
+def launched_by(products: pd.DataFrame, when: pd.Timestamp | str) -> np.ndarray:
+    """Per products row: on sale at ``when``, i.e. launched by then or undated (the
+    catalogue has it and nothing says otherwise). Every row without a ``launch_ts``
+    column. Naive ``when`` is UTC.
+
+    >>> products = pd.DataFrame({"launch_ts": ["2026-01-01", None, "2026-03-01"]})
+    >>> launched_by(products, "2026-02-01").tolist()
+    [True, True, False]
+    """
+    if LAUNCH_COLUMN not in products:
+        return np.ones(len(products), dtype=bool)
+    shown = pd.Timestamp(when)
+    if shown.tzinfo is None:
+        shown = shown.tz_localize("UTC")
+    launch = pd.to_datetime(products[LAUNCH_COLUMN], utc=True)
+    return ~(launch > shown).to_numpy(dtype=bool)
+
+
 class IdVocabulary:
     """Raw ids <-> contiguous indices, like Surprise's raw and inner ids.
 
@@ -256,12 +274,7 @@ class Interactions:
         if products is not None:
             aligned = products.drop_duplicates("product_id").reset_index(drop=True)
             if LAUNCH_COLUMN in aligned:
-                shown = now if catalogue_time is None else pd.Timestamp(catalogue_time)
-                if shown.tzinfo is None:
-                    shown = shown.tz_localize("UTC")
-                launch = pd.to_datetime(aligned[LAUNCH_COLUMN], utc=True)
-                # No launch date: listed (the catalogue has it and nothing says otherwise).
-                listed = ~(launch > shown).to_numpy(dtype=bool)
+                listed = launched_by(aligned, now if catalogue_time is None else catalogue_time)
         data = cls(
             customers=customers,
             items=items,

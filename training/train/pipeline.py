@@ -27,7 +27,7 @@ from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender, sample_customers
-from training.models.interactions import LAUNCH_COLUMN, Interactions
+from training.models.interactions import LAUNCH_COLUMN, Interactions, launched_by
 from training.train.evaluate import BLEND, RankingResult, ViewChunk, evaluate_rankings
 from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search
@@ -133,7 +133,7 @@ def on_sale(products: pd.DataFrame, now: pd.Timestamp) -> pd.DataFrame:
     """The products launched by ``now`` (or undated): what the bundle ships. A product
     launching later joins at the first retraining after its launch, so serving never
     shows a product before it is on sale."""
-    return products[~(products[LAUNCH_COLUMN] > now)].reset_index(drop=True)
+    return products[launched_by(products, now)].reset_index(drop=True)
 
 
 def _interactions(side: HeldOut, products: pd.DataFrame, segments: pd.Series) -> Interactions:
