@@ -16,9 +16,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from segrec.settings import PROJECT_ROOT
 
@@ -27,6 +28,10 @@ READY_PATH = "/readyz"
 
 class ServiceStartError(RuntimeError):
     """The server exited or did not become ready; the message ends with its log."""
+
+
+class PortInUseError(ServiceStartError):
+    """The server exited at start because its port was taken meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,36 @@ def running_service(
             _stop(process, stop_timeout)
 
 
+@contextmanager
+def running_on_free_port(
+    command_for: Callable[[int], Sequence[str]],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    attempts: int = 3,
+    **options: Any,
+) -> Iterator[RunningService]:
+    """:func:`running_service` of ``command_for(port)`` at ``http://127.0.0.1:port`` on a
+    port :func:`free_port` picks. Another process can take that port between the pick and
+    the server's bind (BentoML's own zmq endpoints among them), so a start that fails with
+    the address in use is tried again on a new port, ``attempts`` times in all."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        with ExitStack() as stack:
+            try:
+                service = stack.enter_context(
+                    running_service(
+                        command_for(port), f"http://127.0.0.1:{port}", log_path, env, **options
+                    )
+                )
+            except PortInUseError:
+                if attempt == attempts:
+                    raise
+                continue
+            yield service
+            return
+
+
 def pin_to_core(core: int | None) -> Callable[[], None] | None:
     """A ``preexec_fn`` pinning a child process to one CPU (None: no pinning)."""
     if core is None:
@@ -102,7 +137,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceStartError(f"{url}: server exited early:\n{_tail(log)}")
+            tail = _tail(log)
+            error = PortInUseError if "Address already in use" in tail else ServiceStartError
+            raise error(f"{url}: server exited early:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:

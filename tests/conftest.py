@@ -146,9 +146,8 @@ def serve_workspace(
     """A real ``bentoml serve`` over ``workspace`` (from :func:`serving_workspace`), the
     trained feature repo and its own BentoML home under ``root``; yields its URL. The
     server's log is ``root / "server.log"``; ``env`` adds or overrides settings."""
-    from segrec.service_process import bentoml_command, free_port, running_service
+    from segrec.service_process import bentoml_command, running_on_free_port
 
-    port = free_port()
     full_env = {
         "SEGREC_DATA_DIR": str(workspace.data_dir),
         "SEGREC_FEAST_REPO": str(trained.feast_repo),
@@ -157,7 +156,9 @@ def serve_workspace(
         "BENTOML_HOME": str(root / "bentoml_home"),
         **(env or {}),
     }
-    url = f"http://127.0.0.1:{port}"
-    command = bentoml_command("serving.service:Segrec", port)
-    with running_service(command, url, root / "server.log", full_env):
-        yield url
+    with running_on_free_port(
+        lambda port: bentoml_command("serving.service:Segrec", port),
+        root / "server.log",
+        full_env,
+    ) as running:
+        yield running.url

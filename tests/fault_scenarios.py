@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from segrec.service_process import RunningService, bentoml_command, free_port, running_service
+from segrec.service_process import RunningService, bentoml_command, running_on_free_port
 from segrec.settings import Settings
 from tests.conftest import serving_workspace
 from training.train.pipeline import TrainingRun
@@ -117,12 +117,13 @@ def serve(
         "BENTOML_HOME": str(root / "bentoml_home"),
         **(env or {}),
     }
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = bentoml_command("serving.service:Segrec", port)
-    log = root / "server.log"
-    with running_service(command, url, log, full_env, ready_path=ready_path) as running:
-        yield Server(url, settings, run.export.bundle_version, running, full_env)
+    with running_on_free_port(
+        lambda port: bentoml_command("serving.service:Segrec", port),
+        root / "server.log",
+        full_env,
+        ready_path=ready_path,
+    ) as running:
+        yield Server(running.url, settings, run.export.bundle_version, running, full_env)
 
 
 @dataclass
