@@ -581,7 +581,7 @@ def test_simulated_experiment_through_the_live_service(
 ) -> None:
     """Assignment, exposure log, outcomes through /events and the report, end to end:
     the simulator's planted tastes favour what the blend shows over plain popularity."""
-    from segrec.service_process import bentoml_command, free_port, running_service
+    from segrec.service_process import bentoml_command, running_on_free_port
     from tests.conftest import serving_workspace
     from training.experiments.report import run_ab_report
     from training.experiments.simulator import PlantedPreferences, simulate
@@ -591,7 +591,6 @@ def test_simulated_experiment_through_the_live_service(
     settings = serving_workspace(trained, tmp_path, Path(run.export.bundle_dir))
     experiments_file = tmp_path / "experiments.yaml"
     experiments_file.write_text(EXPERIMENTS_YAML)
-    port = free_port()
     env = {
         "SEGREC_DATA_DIR": str(settings.data_dir),
         "SEGREC_FEAST_REPO": str(trained.feast_repo),
@@ -604,12 +603,15 @@ def test_simulated_experiment_through_the_live_service(
     preferences = PlantedPreferences.from_raw(
         trained.raw_dir / "synthetic", trained.pseudonymisation_secret.get_secret_value()
     )
-    url = f"http://127.0.0.1:{port}"
-    command = bentoml_command("serving.service:Segrec", port)
     # A busy 2-core box can take minutes to import BentoML, Feast and the bundle.
-    with running_service(command, url, tmp_path / "server.log", env, ready_timeout=300):
+    with running_on_free_port(
+        lambda port: bentoml_command("serving.service:Segrec", port),
+        tmp_path / "server.log",
+        env,
+        ready_timeout=300,
+    ) as service:
         result = simulate(
-            url, preferences, visits=SIMULATED_VISITS, seed=7, workers=4, progress=False
+            service.url, preferences, visits=SIMULATED_VISITS, seed=7, workers=4, progress=False
         )
     assert result.recommend_errors == 0 and result.events_rejected == 0, result.errors
     assert result.events_accepted == result.events_posted > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segrec.service_process import bentoml_command, free_port, running_service
+from segrec.service_process import bentoml_command, running_on_free_port
 from segrec.settings import PROJECT_ROOT, Settings
 from serving.bento_build import REQUIREMENTS, build_bento
 from tests.conftest import serving_workspace
@@ -46,12 +46,12 @@ def test_the_bento_carries_the_bundle_and_serves_it(
 
     # Served from the Bento, with no bundles directory: the bundle comes from the model.
     data = serving_workspace(settings, tmp_path).data_dir  # no bundles directory in it
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {"SEGREC_DATA_DIR": str(data), "BENTOML_HOME": home}
-    with running_service(bentoml_command(built.tag, port), url, tmp_path / "bento.log", env):
+    with running_on_free_port(
+        lambda port: bentoml_command(built.tag, port), tmp_path / "bento.log", env
+    ) as service:
         request = urllib.request.Request(
-            f"{url}/recommend",
+            f"{service.url}/recommend",
             data=json.dumps({"customer_id": "c_nobody", "k": 3}).encode(),
             headers={"Content-Type": "application/json"},
         )

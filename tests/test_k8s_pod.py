@@ -44,7 +44,7 @@ import pytest
 import yaml
 
 from k8s.validate import load_objects, render
-from segrec.service_process import RunningService, free_port, running_service
+from segrec.service_process import RunningService, running_on_free_port
 from segrec.settings import PROJECT_ROOT, Settings
 from tests.conftest import serving_workspace
 from training.train.pipeline import TrainingRun
@@ -243,21 +243,17 @@ def pod(
     copy_bento_source(image_root)
     image_before = snapshot(image_root)
 
-    port = free_port()
-    command = [str(PROJECT_ROOT / ".venv" / "bin" / "bentoml"), "serve"]
-    command += [*container.flags(port), SERVICE_TARGET]
+    bentoml = str(PROJECT_ROOT / ".venv" / "bin" / "bentoml")
     startup = container.spec["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     with pytest.MonkeyPatch.context() as patch:
         # Only what the pod sets: nothing from the developer's shell.
         for name in list(os.environ):
             if name.startswith(("SEGREC_", "BENTOML_")):
                 patch.delenv(name)
-        with running_service(
-            command,
-            url,
+        with running_on_free_port(
+            lambda port: [bentoml, "serve", *container.flags(port), SERVICE_TARGET],
             root / "server.log",
             env,
             ready_timeout=budget,
