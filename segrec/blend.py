@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# Blend groups beyond the segments, shared by training and serving.
+COLD_START_EVENTS = 5  # fewer known events than this: a cold-start customer
+COLD_START = -2  # the blend group of cold-start customers, whatever their segment
+NO_SEGMENT = -1  # the blend group of a customer with no segment
+
 
 def normalise(scores: np.ndarray) -> np.ndarray:
     """Min-max scale each row (model) of ``scores`` (..., models, candidates) to [0, 1];

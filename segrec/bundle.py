@@ -32,6 +32,8 @@ Groups and the array names both sides use (other groups and arrays may be added)
   buying again is normal there); ``max_per_category`` (0-d int, 0 = no diversity cap).
 - ``popularity``: top lists as item indices, e.g. ``global_top``, ``segment_top``
   (one row per ``segment_ids``).
+- ``rerank`` (only when training kept a re-ranker): the boosted trees and their feature
+  settings, as :mod:`segrec.rerank` and :mod:`segrec.trees` read them.
 
 :meth:`Bundle.validate` checks ``items`` and ``blend`` against these rules when present.
 Arrays must have a plain dtype (bool, numbers, fixed-width unicode or bytes, datetime);

@@ -404,6 +404,24 @@ class Settings(BaseSettings):
         "new-arrivals model finds a "
         "product half as fresh; the hyperparameter search on validation may pick 7 or 60.",
     )
+    rerank: bool = Field(
+        True,
+        description="Fit boosted trees on validation that reorder the blend's top "
+        "rerank_depth candidates per customer (training.models.reranker); kept, "
+        "evaluated and served only when their cross-validated NDCG beats the blend's.",
+    )
+    rerank_depth: int = Field(
+        100,
+        ge=1,
+        description="The blend's best candidates per customer the re-ranker reorders (in "
+        "training, evaluation and serving alike); the rest keep the blend's order after them.",
+    )
+    rerank_negatives: int = Field(
+        100,
+        ge=1,
+        description="Other candidates drawn at random (seeded) per validation customer "
+        "beside their purchases when fitting the re-ranker.",
+    )
     blend_new_arrivals_tolerance: float = Field(
         0.0,
         ge=0,

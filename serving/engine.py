@@ -6,7 +6,8 @@ live with the bundle's numpy segment model when the live session moved the custo
 rebuild what is known of the customer's behaviour (the recent history ``make train``
 wrote online plus the live session that ``POST /events`` keeps), score every item with
 every model from the bundle's arrays, blend with the segment's weights (cold-start
-weights for customers with little history), add the placement's context (the product on
+weights for customers with little history), re-rank the blend's best candidates with the
+bundle's boosted trees when training kept them, add the placement's context (the product on
 a product page, the basket on the cart page), apply the business filters and return the
 top k with each part's contribution. Numpy only: no training library is imported.
 
@@ -23,18 +24,18 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from segrec.blend import blend, normalise
+from segrec.blend import COLD_START, COLD_START_EVENTS, NO_SEGMENT, blend, normalise
 from segrec.bundle import Bundle
 from segrec.experiments import BLEND
 from segrec.filters import FilterRules
 from segrec.lifecycle import LifecycleRules
 from segrec.online_features import FeatureVector
+from segrec.rerank import rerank
 from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates, unit_rows
 from serving.personalisation import Assignment, Personalisation
 from serving.tactics import NO_TACTICS, RULE_FEATURES, AppliedTactics, Catalogue
 
 OPTIONAL_VIEWS = ("customer_session:", "customer_value:")
-COLD_START_EVENTS = 5  # as in training: fewer known events than this = cold start
 PLACEMENTS = ("home", "product", "cart", "email")
 SessionPolicy = Literal["exclude", "boost", "keep"]
 DAY_SECONDS = 86_400.0
@@ -165,6 +166,16 @@ class RecommendationEngine:
         self.kinds = {name: str(self.model_arrays[name]["kind"]) for name in self.models}
         blend_group = bundle.group("blend")
         self.cold_weights = blend_group.get("cold_weights")
+        # The re-ranker, when training found one better than the blend on validation.
+        self.rerank_arrays = bundle.arrays.get("rerank")
+        launch = [
+            self.model_arrays[m]["launch_age_days"]
+            for m in self.models
+            if self.kinds[m] == "new_arrivals"
+        ]
+        self.launch_age_days = (
+            np.asarray(launch[0], np.float64) if launch else np.zeros(len(self.product_ids))
+        )
         self.popularity_only = np.array([1.0 if m == "popularity" else 0.0 for m in self.models])
         self.lifecycle = LifecycleRules()
         self.catalogue = Catalogue(
@@ -299,11 +310,48 @@ class RecommendationEngine:
         if model is not None and model in self.models:
             # An experiment variant or a rule chose one model alone.
             return np.array([1.0 if m == model else 0.0 for m in self.models])
-        has_factors = bool(customer.vector.values.get("als_factors"))
-        cold = len(customer.items) < COLD_START_EVENTS and not has_factors
-        if cold and self.cold_weights is not None:
+        if self._group(customer) == COLD_START and self.cold_weights is not None:
             return np.asarray(self.cold_weights, dtype=np.float64)
         return np.asarray(self.bundle.blend_weights(customer.segment_id), dtype=np.float64)
+
+    def _group(self, customer: _Customer) -> int:
+        """The customer's blend group, as training's: cold start, else the segment."""
+        has_factors = bool(customer.vector.values.get("als_factors"))
+        if len(customer.items) < COLD_START_EVENTS and not has_factors:
+            return COLD_START
+        return NO_SEGMENT if customer.segment_id is None else customer.segment_id
+
+    def _rerank_lifts(
+        self,
+        customers: Sequence[_Customer],
+        blended: Sequence[bool],
+        normalised: np.ndarray,
+        totals: np.ndarray,
+        now: float,
+    ) -> np.ndarray | None:
+        """How much the re-ranker lifts each item's score (requests, items), for the
+        requests ranked by the blend (``blended``); None without a re-ranker."""
+        arrays = self.rerank_arrays
+        rows = [n for n, uses in enumerate(blended) if uses]
+        if arrays is None or not rows:
+            return None
+        # Launch ages were measured at the data's end; the events' ages are as of now.
+        shift = (now - float(arrays["reference_unix"])) / DAY_SECONDS
+        reranked = rerank(
+            arrays,
+            normalised[rows],
+            totals[rows],
+            [
+                CustomerState(items=c.items, types=c.types, age_days=c.age_days)
+                for c in (customers[n] for n in rows)
+            ],
+            [self._group(customers[n]) for n in rows],
+            self.launch_age_days + shift,
+            arrays["unseen"],
+        )
+        lifts = np.zeros_like(totals)
+        lifts[rows] = reranked - totals[rows]
+        return lifts
 
     def _scores(self, customer: _Customer) -> np.ndarray:
         """Every model's scores over every item, (models, items)."""
@@ -397,15 +445,29 @@ class RecommendationEngine:
             for r, c, a in zip(requests, chosen, assignments, strict=True)
         ]
         scores = np.stack([self._scores(c) for c in chosen])  # (requests, models, items)
+        choices = [_model_choice(a, t) for a, t in zip(assignments, applied, strict=True)]
         weights = np.stack(
-            [
-                self._weights(c, _model_choice(a, t))
-                for c, a, t in zip(chosen, assignments, applied, strict=True)
-            ]
+            [self._weights(c, choice) for c, choice in zip(chosen, choices, strict=True)]
         )  # (requests, models)
-        totals, parts = blend(normalise(scores), weights)
+        normalised = normalise(scores)
+        totals, parts = blend(normalised, weights)
+        # Only the blend is re-ranked: not one model alone (an experiment's or a rule's
+        # choice, or popularity for a customer nothing personal may be used for).
+        blended = [
+            c.personal and (choice is None or choice not in self.models)
+            for c, choice in zip(chosen, choices, strict=True)
+        ]
+        lifts = self._rerank_lifts(chosen, blended, normalised, totals, now)
         return [
-            self._rank(request, customer, totals[n], parts[n], applied[n], assignments[n])
+            self._rank(
+                request,
+                customer,
+                totals[n],
+                parts[n],
+                applied[n],
+                assignments[n],
+                None if lifts is None else lifts[n],
+            )
             for n, (request, customer) in enumerate(zip(requests, chosen, strict=True))
         ]
 
@@ -454,8 +516,12 @@ class RecommendationEngine:
         parts: np.ndarray,
         applied: AppliedTactics = NO_TACTICS,
         assignment: Assignment | None = None,
+        lift: np.ndarray | None = None,
     ) -> Recommendation:
         extras: dict[str, np.ndarray] = {}
+        if lift is not None:
+            # The re-ranker's order: its candidates move above the rest, by its score.
+            extras["reranker"] = lift
         # A product page's context needs no consent: it is the page, not the customer.
         context = self._context(request, customer)
         if context is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import subprocess
@@ -12,12 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segrec.blend import COLD_START, NO_SEGMENT
 from segrec.bundle import read_bundle
 from segrec.feature_store import open_store
 from segrec.live_session import LiveEvent, LiveSessionWriter
 from segrec.online_features import OnlineFeatureReader
 from segrec.settings import Settings
 from serving.engine import RecommendationEngine
+from tests.hand_trees import own_views_stump
 from training.train.pipeline import TrainingRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -260,3 +263,53 @@ def test_the_new_arrivals_model_is_scored_and_blended(
     assert weights.shape == (len(engine.models),)
     assert weights[row] >= run.blender.new_product_floor_ - 1e-9
     assert weights.sum() == pytest.approx(1.0)
+
+
+def test_the_reranker_in_the_bundle_reorders_the_served_blend(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    """A hand-made re-ranker (one stump: items the customer viewed score +3 log-odds,
+    others -3) put in the real bundle: viewed items of the blend's top 50 come first,
+    with the re-ranker's lift in the explanation; one model alone is never re-ranked."""
+    settings, _ = trained_small
+    groups = [COLD_START, NO_SEGMENT, *engine.bundle.segment_model.segment_ids.tolist()]
+    meta = {
+        "depth": np.asarray(50),
+        "history_events": np.asarray(settings.online_history_events),
+        "trend_days": np.asarray(42.0),
+        "reference_unix": np.asarray(engine.clock().timestamp()),
+        "unseen": np.zeros(len(engine.product_ids), bool),
+    }
+    stump = own_views_stump(meta, engine.models, groups)
+    bundle = dataclasses.replace(engine.bundle, arrays={**engine.bundle.arrays, "rerank": stump})
+    reranking = RecommendationEngine(bundle, engine.features, clock=engine.clock)
+    now = engine.clock().timestamp()
+    led = 0
+    for customer_id in _segments(settings)["customer_id"].iloc[:40]:
+        customer = reranking._customer(reranking.features.read_many([customer_id])[0], now)
+        viewed = set(customer.items[customer.types == 0].tolist())
+        answer = reranking.recommend(customer_id, k=10)
+        flags = [reranking.index_of[i["product_id"]] in viewed for i in answer.items]
+        assert flags == sorted(flags, reverse=True), customer_id  # viewed items first
+        for item in answer.items:
+            assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
+        led += bool(flags and flags[0])
+        if flags and flags[0]:
+            assert answer.items[0]["contributions"]["reranker"] > 0.9
+    assert led >= 5
+    # The bundle's own re-ranker is there exactly when training kept one; without any,
+    # nothing is re-ranked.
+    _, run = trained_small
+    assert ("rerank" in engine.bundle.arrays) == bool(run.rerank["chosen"])
+    arrays = {k: v for k, v in engine.bundle.arrays.items() if k != "rerank"}
+    plain = RecommendationEngine(
+        dataclasses.replace(engine.bundle, arrays=arrays), engine.features, clock=engine.clock
+    )
+    answers = [plain.recommend(c, k=10) for c in _segments(settings)["customer_id"].iloc[:40]]
+    assert all("reranker" not in i["contributions"] for a in answers for i in a.items)
+    # One model alone (an experiment's or a rule's choice) keeps that model's order.
+    customer = reranking._customer(reranking.features.read_many([customer_id])[0], now)
+    assert (
+        reranking._rerank_lifts([customer], [False], np.zeros((1, 1, 1)), np.zeros((1, 1)), now)
+        is None
+    )

@@ -15,7 +15,8 @@ from segrec.bundle import load_from_bentoml, read_bundle
 from segrec.feature_store import open_store
 from segrec.settings import Settings
 from training.models.blend_fit import FLOORS
-from training.train.evaluate import BLEND, RANDOM
+from training.models.reranker import LEAVES
+from training.train.evaluate import BLEND, LINEAR_BLEND, RANDOM
 from training.train.pipeline import (
     TrainingRun,
     _interactions,
@@ -139,6 +140,42 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
     assert report["rating_errors"]["ratings"] > 0
 
 
+def test_the_reranker_is_chosen_on_validation_evaluated_and_exported(
+    trained: tuple[Settings, TrainingRun],
+) -> None:
+    settings, run = trained
+    summary = run.rerank
+    # On this seeded storefront the trees beat the blend out of sample (both cross-
+    # validated on the same folds); a change that loses that shows here first.
+    assert summary["chosen"] is True, summary
+    assert summary["cv_ndcg"][str(summary["max_leaf_nodes"])] > summary["blend_cv_ndcg"]
+    assert set(summary["cv_ndcg"]) == {str(size) for size in LEAVES}
+    assert summary["seed"] == settings.seed
+    # The blend's figure on the customers its weights were fitted on flatters it.
+    assert summary["blend_ndcg_fitted_on_them"] > summary["blend_cv_ndcg"]
+    for view, result in run.results.items():
+        assert LINEAR_BLEND in result.runs, view
+        counts = {r.n_customers for r in result.runs.values()}
+        assert len(counts) == 1, view
+    # Products nobody touched keep the blend's slots: the new-products view (only such
+    # products count) scores the same with and without the trees.
+    new_products = run.results["new_products"].runs
+    assert new_products[BLEND].means["ndcg"] == pytest.approx(
+        new_products[LINEAR_BLEND].means["ndcg"], abs=1e-12
+    )
+    assert run.export is not None
+    rerank = read_bundle(Path(run.export.bundle_dir)).group("rerank")
+    n_items = len(read_bundle(Path(run.export.bundle_dir)).group("items")["product_ids"])
+    assert rerank["unseen"].shape == (n_items,) and rerank["unseen"].dtype == bool
+    assert int(rerank["depth"]) == settings.rerank_depth
+    assert int(rerank["history_events"]) == settings.online_history_events
+    assert rerank["tree_feature"].shape[0] == summary["n_trees"]
+    end = pd.read_parquet(settings.clean_dir / "events.parquet")["ts"].max()
+    assert float(rerank["reference_unix"]) == pytest.approx(end.timestamp())
+    json_path, _ = write_reports(run, settings)
+    assert json.loads(json_path.read_text())["rerank"] == summary
+
+
 def test_the_bundle_round_trips_with_numpy_and_through_bentoml(
     trained: tuple[Settings, TrainingRun],
 ) -> None:
@@ -175,7 +212,9 @@ def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
     trained: tuple[Settings, TrainingRun],
 ) -> None:
     settings, _ = trained
-    capped = settings.model_copy(update={"blend_max_customers": 400, "blend_max_seconds": 2.0})
+    capped = settings.model_copy(
+        update={"blend_max_customers": 400, "blend_max_seconds": 2.0, "rerank": False}
+    )
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
     split = _split(settings, events)
@@ -189,6 +228,7 @@ def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
     assert sample["customers"] == 400 < sample["of_customers"]
     assert sample["seed"] == settings.seed and sample["max_customers"] == 400
     assert fitted.blender.single_ndcg_  # fitted on the sample
+    assert fitted.rerank.reranker is None and "SEGREC_RERANK" in fitted.rerank.summary["reason"]
     # Each blend group keeps min(its new-item customers, the minimum) in the main view.
     counted = fitted.blender.validation_customers_
     groups, everyone = np.unique(blend_groups(train, main[1]), return_counts=True)
@@ -204,7 +244,9 @@ def test_earlier_validation_windows_are_pooled_for_the_blend(
 ) -> None:
     """A second window ends where the validation window begins; its models never see it."""
     settings, _ = trained
-    one = settings.model_copy(update={"blend_validation_windows": 1, "blend_max_seconds": 2.0})
+    one = settings.model_copy(
+        update={"blend_validation_windows": 1, "blend_max_seconds": 2.0, "rerank": False}
+    )
     two = one.model_copy(update={"blend_validation_windows": 2})
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")

@@ -3,7 +3,7 @@ on the same customers, overall and per group (segment, lifecycle stage, cold sta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,16 +12,22 @@ import pandas as pd
 
 from segrec.blend import weights_for
 from segrec.filters import FilterRules
+from segrec.rerank import RERANKED_FLOOR, rerank
+from segrec.scoring import CustomerState
 from training.evaluation.metrics import RunMetrics, evaluate_run
 from training.evaluation.oracle import ORACLE, ORACLE_LABEL
 from training.models.blend_fit import SegmentBlender, top_k_rows
 from training.train.stacks import EXCLUDED
 
-BLEND = "blend"
+BLEND = "blend"  # what serving ranks by: the linear blend, re-ranked when a re-ranker fits
+LINEAR_BLEND = "linear_blend"  # the per-segment weights alone, when a re-ranker is used
 RANDOM = "random"
 SCORE_BINS = np.linspace(0.0, 1.0, 21)
 OTHER_SAMPLE = 200  # non-relevant items sampled per customer for the score histograms
-METHOD_LABELS = {ORACLE: ORACLE_LABEL}  # how tables name methods whose key says too little
+METHOD_LABELS = {  # how tables name methods whose key says too little
+    ORACLE: ORACLE_LABEL,
+    LINEAR_BLEND: "blend weights alone (before the re-ranker)",
+}
 
 
 def score_histograms(
@@ -109,13 +115,18 @@ class ViewChunk:
     """Some of a view's customers, the next rows in its order: every model's normalised
     scores (customers, models, items), their relevant items (customers, items), blend
     groups, purchase histories (for the business filters) and ``extra`` rankings such as
-    the oracle's (customers, items)."""
+    the oracle's (customers, items); with ``states``, the customers' events before the
+    cut-off, the items' launch ages then and which items had no interactions, for the
+    re-ranker."""
 
     stack: np.ndarray
     relevant: np.ndarray
     segments: np.ndarray
     bought: list[np.ndarray] | None = None
     extra: Mapping[str, np.ndarray] | None = None
+    states: Sequence[CustomerState] | None = None  # for the re-ranker
+    launch_age_days: np.ndarray | None = None  # each item's, at the states' "now"
+    unseen: np.ndarray | None = None  # items without training interactions
 
 
 def evaluate_rankings(
@@ -128,6 +139,7 @@ def evaluate_rankings(
     seed: int,
     popularity: np.ndarray | None = None,
     rules: FilterRules | None = None,
+    reranker: Mapping[str, np.ndarray] | None = None,
 ) -> RankingResult:
     """Every model, the blend, the random baseline and the ``extra`` scores (such as the
     generator's oracle), ranked over the same candidates: items excluded for every model
@@ -136,7 +148,10 @@ def evaluate_rankings(
     The customers (``groups``' rows) come in ``chunks``, so a view of many customers over
     a large catalogue never holds all their scores at once: only the top-k lists are
     kept. One chunk of every customer gives the same figures as any other split, but for
-    the random baseline's and the score histograms' draws."""
+    the random baseline's and the score histograms' draws.
+
+    With a ``reranker`` (:mod:`segrec.rerank` arrays) and chunks holding ``states``, the
+    blend is re-ranked as serving does, and the weights alone are :data:`LINEAR_BLEND`."""
     ids = groups["customer_id"].astype(str).tolist()
     held: dict[str, np.ndarray] = {}
     lists: dict[str, list[np.ndarray]] = {}
@@ -155,15 +170,32 @@ def evaluate_rankings(
         )
         rankings = {name: stack[:, m] for m, name in enumerate(model_names)}
         rankings[BLEND] = blended_scores(stack, blender, chunk.segments)
+        if reranker is not None:
+            if chunk.states is None or chunk.launch_age_days is None or chunk.unseen is None:
+                raise ValueError("re-ranking needs the chunks' customer states and launch ages")
+            rankings[LINEAR_BLEND] = rankings[BLEND]
+            rankings[BLEND] = rerank(
+                reranker,
+                stack,
+                rankings[LINEAR_BLEND],
+                chunk.states,
+                chunk.segments.tolist(),
+                chunk.launch_age_days,
+                chunk.unseen,
+            )
         excluded = (stack <= EXCLUDED).all(axis=1)
         rankings[RANDOM] = np.where(excluded, EXCLUDED, rng.random(stack.shape[::2]))
         for name, scores in (chunk.extra or {}).items():
             rankings[name] = np.where(excluded, EXCLUDED, scores)
         for name, scores in rankings.items():
             lists.setdefault(name, []).extend(_top_k(scores, k, rules, chunk.bought))
-        counts = score_histograms(
-            {n: v for n, v in rankings.items() if n != RANDOM}, chunk.relevant, seed + number
-        )
+        shown = {n: v for n, v in rankings.items() if n != RANDOM}
+        if reranker is not None:
+            # The re-ranker's probability for its candidates; the rest rank after them.
+            reranked = shown[BLEND]
+            rest = np.where(reranked > EXCLUDED, 0.0, EXCLUDED)
+            shown[BLEND] = np.where(reranked >= RERANKED_FLOOR, reranked - RERANKED_FLOOR, rest)
+        counts = score_histograms(shown, chunk.relevant, seed + number)
         for name, parts in counts.items():
             total = histograms.setdefault(name, {part: [0] * len(c) for part, c in parts.items()})
             for part, values in parts.items():

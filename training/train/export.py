@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from segrec.blend import weights_for
+from segrec.blend import COLD_START, weights_for
 from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
 from segrec.erasure import SuppressionList
 from segrec.filters import FilterRules
@@ -29,7 +30,6 @@ from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender
 from training.models.interactions import Interactions
 from training.segmentation.versioning import load_current
-from training.train.stacks import COLD_START
 
 EMBEDDINGS_FILE = "customer_embeddings.parquet"
 EMBEDDING_VIEW = "customer_embedding"
@@ -104,6 +104,8 @@ def build_bundle(
     data: Interactions,
     blender: SegmentBlender,
     metrics: dict[str, Any],
+    *,
+    rerank: Mapping[str, np.ndarray] | None = None,
 ) -> Bundle:
     segment_model = load_current(settings.segments_dir)
     if segment_model is None:
@@ -127,6 +129,14 @@ def build_bundle(
             COLD_START, blender.segment_ids_, blender.segment_weights_, blender.global_weights_
         ),
     }
+    if rerank:
+        # Launch ages (the new-arrivals model's) are as of the data's end: serving shifts
+        # them by the time since, so "launched within trend_days of a view" holds as here.
+        arrays["rerank"] = {
+            **{name: np.asarray(value) for name, value in rerank.items()},
+            "reference_unix": np.asarray(data.reference_time.timestamp()),
+            "unseen": np.bincount(data.item, minlength=data.n_items) == 0,
+        }
     popularity = models["popularity"].export_arrays()["item_scores"]
     segment_rows = models["segment_popularity"].export_arrays()["segment_scores"]
     segment_ids = segment_model.segment_ids
@@ -226,8 +236,10 @@ def export(
     data: Interactions,
     blender: SegmentBlender,
     metrics: dict[str, Any],
+    *,
+    rerank: Mapping[str, np.ndarray] | None = None,
 ) -> Export:
-    bundle = build_bundle(settings, models, data, blender, metrics)
+    bundle = build_bundle(settings, models, data, blender, metrics, rerank=rerank)
     directory = write_bundle(bundle, settings.bundles_dir / bundle.version)
     os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_store.resolve()))
     tag = save_to_bentoml(bundle)

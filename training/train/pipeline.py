@@ -18,8 +18,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
-from segrec.scoring import EVENT_TYPES
+from segrec.blend import COLD_START, COLD_START_EVENTS
+from segrec.scoring import EVENT_TYPES, CustomerState
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
 from training.evaluation.oracle import ORACLE, WindowOracle, load_oracle
@@ -28,12 +30,18 @@ from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender, sample_customers
 from training.models.interactions import LAUNCH_COLUMN, Interactions, launched_by
-from training.train.evaluate import BLEND, RankingResult, ViewChunk, evaluate_rankings
+from training.models.new_arrivals import launch_age_days
+from training.models.reranker import RerankData, RerankFit, fit_reranker
+from training.train.evaluate import (
+    BLEND,
+    RankingResult,
+    ViewChunk,
+    blended_scores,
+    evaluate_rankings,
+)
 from training.train.export import Export, export, filter_rules
 from training.train.search import SearchResult, search
 from training.train.stacks import (
-    COLD_START,
-    COLD_START_EVENTS,
     chunk_rows,
     exclude,
     fit_models,
@@ -87,6 +95,7 @@ class TrainingRun:
     oracle: dict[str, Any] = field(default_factory=dict)  # where it came from, or why none
     # Test customers evaluated per view, of how many (a seeded sample above the cap).
     evaluation_sample: dict[str, Any] = field(default_factory=dict)
+    rerank: dict[str, Any] = field(default_factory=dict)  # the re-ranker's fit, or why none
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -167,7 +176,8 @@ def held_out(side: HeldOut, data: Interactions, *, new_items_only: bool, known_o
 class BlendFit:
     blender: SegmentBlender
     sample: dict[str, Any]  # who the weights were fitted on, for the report
-    seconds: dict[str, float]  # scoring the sample, fitting the weights
+    seconds: dict[str, float]  # scoring the sample, fitting the weights, the re-ranker
+    rerank: RerankFit = field(default_factory=lambda: RerankFit(None))
 
 
 @dataclass(frozen=True)
@@ -319,8 +329,17 @@ def fit_blend(
     rep_stack = np.empty((sum(len(s.rep) for s in samples), *shape))
     val_stack = np.empty((sum(len(s.main) for s in samples), *shape))
     val_parts, rep_parts = [], []
+    states: list[CustomerState] = []
+    launch_ages: list[np.ndarray] = []
+    unseen: list[np.ndarray] = []
+    main_rows = []  # each main-view row's row in the pooled repeats view
     rep_start = val_start = 0
     for window, sample in zip(windows, samples, strict=True):
+        customers = window.rep[1][sample.rep]
+        states.extend(window.train.state(int(c)) for c in customers)
+        launch_ages.extend([launch_age_days(window.train)] * len(customers))
+        unseen.extend([_popularity(window.train) == 0] * len(customers))
+        main_rows.append(sample.rows + rep_start)
         rep_end, val_end = rep_start + len(sample.rep), val_start + len(sample.main)
         val_part, rep_part = _fill_stacks(
             settings,
@@ -357,8 +376,52 @@ def fit_blend(
         **counts,
         "stack_mb": round((pooled[0].nbytes + val[0].nbytes) / 2**20),
     }
-    seconds = {"score": scored - started, "fit": time.perf_counter() - scored}
-    return BlendFit(blender, summary, seconds)
+    fitted = time.perf_counter()
+    seconds = {"score": scored - started, "fit": fitted - scored}
+    rerank = RerankFit(None, summary={"chosen": False, "reason": "off (SEGREC_RERANK)"})
+    if settings.rerank:
+        data = RerankData(
+            normalised=pooled[0],
+            blended=blended_scores(pooled[0], blender, pooled[3]),
+            relevant=pooled[1],
+            n_relevant=pooled[2],
+            states=states,
+            groups=pooled[3],
+            launch_age_days=launch_ages,
+            unseen=unseen,
+        )
+        in_main = np.concatenate(main_rows)
+
+        def refit_blend(rows: np.ndarray) -> np.ndarray:
+            """The blend's scores with weights fitted on the pooled ``rows`` only."""
+            main = rows[in_main]
+            half = clone(blender).fit(
+                *(part[main] for part in val),
+                repeats=(pooled[0][rows], pooled[1][rows], pooled[2][rows], pooled[3][rows]),
+            )
+            return blended_scores(pooled[0], half, pooled[3])
+
+        rerank = fit_reranker(
+            data,
+            rerank_meta(settings, np.union1d(pooled[3], blender.segment_ids_)),
+            refit_blend=refit_blend,
+            k=settings.eval_k,
+            negatives=settings.rerank_negatives,
+            seed=settings.seed,
+        )
+        seconds["rerank"] = time.perf_counter() - fitted
+    return BlendFit(blender, summary, seconds, rerank)
+
+
+def rerank_meta(settings: Settings, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """The re-ranker's arrays other than its trees (:mod:`segrec.rerank`)."""
+    return {
+        "groups": np.asarray(groups, dtype=np.int64),
+        "depth": np.asarray(settings.rerank_depth, dtype=np.int64),
+        "history_events": np.asarray(settings.online_history_events, dtype=np.int64),
+        # "Trend" views: of items launched within two new-arrivals half-lives.
+        "trend_days": np.asarray(2.0 * settings.new_arrivals_half_life_days),
+    }
 
 
 def run_training(
@@ -405,6 +468,7 @@ def run_training(
     earlier = earlier_windows(settings, split, products, segment_of, tuned.best)
     fitted = fit_blend(settings, models, train, main, rep, earlier)
     blender = fitted.blender
+    reranker = fitted.rerank.arrays or None
     lap("fit_blend")
 
     # 2. Refit on the whole training side and evaluate on the test side.
@@ -448,10 +512,12 @@ def run_training(
                 new_only=new_only,
                 bought=filtered,
                 oracle=None if oracle is None else (oracle, eligible),
+                states=reranker is not None,
             ),
             popularity=_popularity(before),
             model_names=list(models),
             blender=blender,
+            reranker=reranker,
             groups=pd.DataFrame(_groups(ids, index, segments, before)),
             k=settings.eval_k,
             seed=settings.seed,
@@ -467,12 +533,20 @@ def run_training(
         )
         final = fit_models(make_models(settings, tuned.best), everything)
         lap("fit_for_export")
-        exported = export(settings, final, everything, blender, {"ndcg_at_k": _headline(results)})
+        exported = export(
+            settings,
+            final,
+            everything,
+            blender,
+            {"ndcg_at_k": _headline(results)},
+            rerank=reranker,
+        )
         lap("export")
     return TrainingRun(
         model_names=list(models),
         blender=blender,
         blend_sample=fitted.sample,
+        rerank=fitted.rerank.summary,
         results=results,
         customers={
             # New-item customers of every pooled validation window.
@@ -503,12 +577,14 @@ def _view_chunks(
     new_only: bool,
     bought: bool,
     oracle: tuple[WindowOracle, np.ndarray | bool] | None,
+    states: bool = False,
 ) -> Iterator[ViewChunk]:
     """``view``'s customers ``rows`` at a time: every model's scores (items the customer
     interacted with excluded when ``new_only``), relevant items, blend groups, purchase
-    histories when ``bought`` (for the business filters), and the oracle's chances times
-    its eligible items."""
+    histories when ``bought`` (for the business filters), the oracle's chances times
+    its eligible items, and with ``states`` the customers' events (for the re-ranker)."""
     ids, index, held = view
+    launch = launch_age_days(data) if states else None
     for lo in range(0, len(ids), rows):
         part = index[lo : lo + rows]
         stack = score_stack(models, data, part)
@@ -523,6 +599,9 @@ def _view_chunks(
             segments=blend_groups(data, part),
             bought=[_bought(data, i) for i in part] if bought else None,
             extra=extra,
+            states=[data.state(int(c)) for c in part] if states else None,
+            launch_age_days=launch,
+            unseen=None if launch is None else _popularity(data) == 0,
         )
 
 

@@ -15,7 +15,13 @@ from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from training.evaluation.oracle import describe as describe_oracle
 from training.html_report import html_page, json_ready, png_base64
 from training.models.blend_fit import SegmentBlender
-from training.train.evaluate import BLEND, METHOD_LABELS, SCORE_BINS, RankingResult
+from training.train.evaluate import (
+    BLEND,
+    LINEAR_BLEND,
+    METHOD_LABELS,
+    SCORE_BINS,
+    RankingResult,
+)
 from training.train.pipeline import TrainingRun
 
 HEADLINE = ("ndcg", "hit_rate", "precision", "recall", "map", "mrr")
@@ -166,6 +172,9 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "cut_short_by_time": run.search.cut_short,
             "validation_customers": run.search.customers,
         },
+        # Boosted trees over the blend's top candidates: the tree size chosen by 2-fold
+        # cross-validation on validation, kept only when they beat the blend there.
+        "rerank": run.rerank,
         "rating_errors": run.rating_errors,
         # The generator's true preferences as a ranking: the ceiling, synthetic data only.
         "oracle": run.oracle,
@@ -181,11 +190,37 @@ def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
     low = [m - intervals[n]["ndcg"]["low"] for n, m in zip(names, means, strict=True)]
     high = [intervals[n]["ndcg"]["high"] - m for n, m in zip(names, means, strict=True)]
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    colours = ["tab:red" if n == BLEND else "tab:blue" for n in names]
+    colours = [
+        "tab:red" if n == BLEND else "tab:orange" if n == LINEAR_BLEND else "tab:blue"
+        for n in names
+    ]
     ax.bar(names, means, yerr=[low, high], color=colours, capsize=3)
     ax.set_ylabel(f"NDCG@{report['k']} (95% bootstrap interval)")
     ax.set_title(f"{protocol}: every model, the blend and the baselines")
     ax.tick_params(axis="x", rotation=30)
+    return png_base64(fig)
+
+
+def _rerank_choice(report: dict[str, Any]) -> str:
+    """The re-ranker's cross-validated NDCG per tree size against the blend's, on the
+    same validation folds, and the blend on the customers its weights were fitted on."""
+    rerank = report["rerank"]
+    names = [f"{size} leaves" for size in rerank["cv_ndcg"]]
+    values = list(rerank["cv_ndcg"].values())
+    fig, ax = plt.subplots(figsize=(7, 3))
+    chosen = f"{rerank.get('max_leaf_nodes')} leaves" if rerank.get("chosen") else None
+    ax.bar(names, values, color=["tab:red" if n == chosen else "tab:blue" for n in names])
+    ax.axhline(rerank["blend_cv_ndcg"], color="black", label="blend, cross-validated")
+    ax.axhline(
+        rerank["blend_ndcg_fitted_on_them"],
+        color="grey",
+        linestyle="--",
+        label="blend on the customers it was fitted on",
+    )
+    ax.set_ylabel(f"validation NDCG@{report['k']}")
+    verdict = "kept" if rerank.get("chosen") else "not kept"
+    ax.set_title(f"Re-ranker: 2-fold cross-validation ({verdict}, red: chosen)")
+    ax.legend(fontsize=8, loc="lower right")
     return png_base64(fig)
 
 
@@ -314,6 +349,8 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
                 (f"{protocol}: score distributions", _score_distributions(report, protocol))
             )
     figures.append(("Blend weights", _blend_weights(report)))
+    if report["rerank"].get("cv_ndcg"):
+        figures.append(("Re-ranker", _rerank_choice(report)))
     tables = f"<p>{html.escape(describe_oracle(report['oracle']))}</p>"
     for protocol, body in report["protocols"].items():
         rows = "".join(

@@ -25,8 +25,6 @@ from training.models.popularity import Popularity
 from training.models.svd import SVD
 
 EXCLUDED = -1.0  # below any normalised (0..1) or blended score
-COLD_START_EVENTS = 5  # fewer training events than this: a cold-start customer
-COLD_START = -2  # the blend group of cold-start customers, whatever their segment
 
 
 def make_models(

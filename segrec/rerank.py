@@ -1,0 +1,206 @@
+"""Re-ranking the blend's best candidates with boosted trees: the features and the maths.
+
+The per-segment blend weighs each model the same for every customer of a segment, but
+which model knows best differs by customer: someone who views the same items again and
+again buys them (the interest model), someone who views new launches buys new launches.
+The re-ranker learns that from validation: for each of the blend's top ``depth``
+candidates it reads every model's normalised score, the blend's score, a few facts about
+the customer's recent events and the candidate's place in them, and the customer's blend
+group, and boosted trees (:mod:`segrec.trees`) turn them into a new order.
+
+Numpy only, like :mod:`segrec.scoring`: training and serving build the features with
+:func:`design` and score with :func:`rerank`, so offline and online agree. Only the
+newest ``history_events`` events count (serving holds the newest
+``SEGREC_ONLINE_HISTORY_EVENTS``), so training sees what serving sees.
+
+Arrays (the bundle's ``rerank`` group): the tree arrays of :mod:`segrec.trees`, plus
+``groups`` (blend group ids, one-hot features in this order), ``depth``,
+``history_events``, ``trend_days`` and ``reference_unix`` (when the launch ages were
+measured).
+
+Features of one candidate, in order (:func:`feature_names`): each model's normalised
+score, the blend score, the customer's share of views of items launched less than
+``trend_days`` before the view, the share of their views that repeat an item, log1p of
+their events, one-hot of their blend group, and their views of the candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from segrec.scoring import EVENT_TYPES, CustomerState
+from segrec.trees import tree_scores
+
+VIEW = EVENT_TYPES.index("view")
+CUSTOMER_FEATURES = ("trend_view_share", "repeat_view_share", "log_events")
+RERANKED_FLOOR = 1.0  # re-ranked scores are 1 + probability: above every blend score (<= 1)
+SLOT_STEP = 1e-9  # score decrement per re-ranked slot: strict order, ties impossible
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def feature_names(models: Sequence[str], groups: Sequence[int]) -> list[str]:
+    """Column names of :func:`design`'s rows."""
+    return [
+        *(f"score_{m}" for m in models),
+        "blend",
+        *CUSTOMER_FEATURES,
+        *(f"group_{g}" for g in groups),
+        "own_views",
+    ]
+
+
+def recent(state: CustomerState, history_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The newest ``history_events`` events: items, types, ages."""
+    order = np.argsort(state.age_days, kind="stable")[: max(int(history_events), 0)]
+    return state.items[order], state.types[order], state.age_days[order]
+
+
+def customer_features(
+    state: CustomerState, launch_age_days: np.ndarray, *, history_events: int, trend_days: float
+) -> np.ndarray:
+    """:data:`CUSTOMER_FEATURES` of one customer. ``launch_age_days`` is each item's age
+    at the state's "now" (negative or 0 for unknown launches).
+
+    >>> state = CustomerState(items=[0, 0, 1], types=[0, 0, 0], age_days=[1.0, 2.0, 3.0])
+    >>> customer_features(state, np.array([100.0, 10.0]), history_events=10,
+    ...                   trend_days=30).round(3).tolist()
+    [0.333, 0.333, 1.386]
+    """
+    items, types, ages = recent(state, history_events)
+    viewed, viewed_age = items[types == VIEW], ages[types == VIEW]
+    out = np.zeros(len(CUSTOMER_FEATURES))
+    if len(viewed):
+        item_age_then = launch_age_days[viewed] - viewed_age
+        out[0] = np.mean((item_age_then >= 0) & (item_age_then < trend_days))
+        out[1] = 1.0 - len(np.unique(viewed)) / len(viewed)
+    out[2] = np.log1p(len(items))
+    return out
+
+
+def design(
+    arrays: Arrays,
+    normalised: np.ndarray,
+    blended: np.ndarray,
+    candidates: np.ndarray,
+    state: CustomerState,
+    group: int,
+    launch_age_days: np.ndarray,
+) -> np.ndarray:
+    """Feature rows (candidates, features) of one customer's ``candidates`` (item
+    indices), from every model's normalised scores (models, items) and the blend's
+    (items) over the whole catalogue. Excluded items' negative scores count as 0."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    history = int(arrays["history_events"])
+    scores = np.maximum(normalised[:, candidates], 0.0).T
+    customer = customer_features(
+        state, launch_age_days, history_events=history, trend_days=float(arrays["trend_days"])
+    )
+    groups = np.asarray(arrays["groups"])
+    items, types, _ = recent(state, history)
+    views = np.bincount(items[types == VIEW], minlength=len(blended))[candidates]
+    n = len(candidates)
+    return np.hstack(
+        [
+            scores,
+            np.maximum(blended[candidates], 0.0)[:, None],
+            np.broadcast_to(customer, (n, len(customer))),
+            np.broadcast_to((groups == group).astype(np.float64), (n, len(groups))),
+            views[:, None].astype(np.float64),
+        ]
+    )
+
+
+def top_candidates(blended: np.ndarray, depth: int) -> np.ndarray:
+    """The blend's ``depth`` best items (best first, ties to the lower index), excluded
+    (negative) ones left out."""
+    eligible = np.flatnonzero(blended >= 0)
+    if len(eligible) > depth:
+        best = np.argpartition(-blended[eligible], depth - 1)[:depth]
+        eligible = eligible[best]
+    order = np.lexsort((eligible, -blended[eligible]))
+    return eligible[order]
+
+
+def _for(value: np.ndarray | Sequence[np.ndarray], customer: int) -> np.ndarray:
+    """One array shared by every customer, or the customer's own."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value
+    return value[customer]
+
+
+def rerank(
+    arrays: Arrays,
+    normalised: np.ndarray,
+    blended: np.ndarray,
+    states: Sequence[CustomerState],
+    groups: Sequence[int],
+    launch_age_days: np.ndarray | Sequence[np.ndarray],
+    unseen: np.ndarray | Sequence[np.ndarray],
+) -> np.ndarray:
+    """Re-ranked scores (customers, items). Each customer's blend top ``depth`` get
+    ``1 + probability`` from the trees, so they stay above every other item, which keeps
+    its blend score (an item past the depth, or excluded, keeps its place behind them).
+
+    Products nobody interacted with in training (``unseen``, bool per item) keep their
+    slot in the blend's order: validation has no such candidates (a product launched in a
+    window is not on sale before it), so the trees know nothing about them, while the
+    blend's new-product floor gives them their place on purpose. They get scores between
+    their neighbours'.
+
+    ``normalised`` is (customers, models, items), ``blended`` (customers, items); one
+    state and blend group per customer; item launch ages at each state's "now" and the
+    unseen flags, one array for all customers or one per customer (pooled validation
+    windows differ)."""
+    depth = int(arrays["depth"])
+    out = np.array(blended, dtype=np.float64, copy=True)
+    chosen = [top_candidates(out[c], depth) for c in range(len(out))]
+    movable = [items[~_for(unseen, c)[items]] for c, items in enumerate(chosen)]
+    rows = [
+        design(
+            arrays,
+            normalised[c],
+            out[c],
+            movable[c],
+            states[c],
+            groups[c],
+            _for(launch_age_days, c),
+        )
+        for c in range(len(out))
+    ]
+    if not any(len(r) for r in rows):
+        return out
+    raw = tree_scores(arrays, np.vstack(rows))
+    probability = 1.0 / (1.0 + np.exp(-raw))
+    start = 0
+    for c, items in enumerate(chosen):
+        p = probability[start : start + len(movable[c])]
+        start += len(movable[c])
+        ranked, values = _slotted(items, movable[c], p)
+        out[c, ranked] = RERANKED_FLOOR + values
+    return out
+
+
+def _slotted(
+    order: np.ndarray, movable: np.ndarray, probability: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``order``'s items (the blend's top, best first) re-ranked, with their scores: the
+    ``movable`` ones (``probability`` each) sorted into the movable slots, the others
+    left in their slots with scores interpolated between their neighbours'; a tiny
+    decrement per slot keeps the order strict.
+
+    >>> items, scores = _slotted(np.array([5, 9, 7]), np.array([5, 7]), np.array([0.2, 0.8]))
+    >>> items.tolist(), scores.round(3).tolist()
+    ([7, 9, 5], [0.8, 0.5, 0.2])
+    """
+    slots = np.flatnonzero(np.isin(order, movable))
+    by_probability = np.argsort(-probability, kind="stable")
+    items = order.copy()
+    items[slots] = movable[by_probability]
+    if len(slots):
+        values = np.interp(np.arange(len(order)), slots, probability[by_probability])
+    else:
+        values = np.zeros(len(order))
+    return items, values - np.arange(len(order)) * SLOT_STEP

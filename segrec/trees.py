@@ -1,0 +1,81 @@
+"""Numpy evaluation of a boosted tree ensemble shipped as arrays.
+
+Serving has no scikit-learn, so the re-ranker's trees travel in the bundle as padded
+arrays, one row per tree and one column per node, and are walked here: every tree and
+every sample move down one level per step, so a request costs ``depth`` vectorised steps
+however many trees there are. The arrays come from
+:func:`training.models.reranker.export_trees` (a fitted ``HistGradientBoostingClassifier``).
+
+Arrays:
+
+- ``tree_feature`` (trees, nodes) int: the feature a split node tests;
+- ``tree_threshold`` (trees, nodes) float: go left when ``x <= threshold``;
+- ``tree_missing_left`` (trees, nodes) bool: where a NaN goes;
+- ``tree_left``, ``tree_right`` (trees, nodes) int: children; a leaf points to itself;
+- ``tree_value`` (trees, nodes) float: a leaf's contribution (0 elsewhere);
+- ``tree_baseline`` scalar and ``tree_depth`` scalar (the deepest leaf's depth).
+
+Examples
+--------
+A single stump: ``x0 <= 0.5`` goes to a leaf worth -1, else to one worth +1.
+
+>>> stump = {
+...     "tree_feature": np.array([[0, 0, 0]]), "tree_threshold": np.array([[0.5, 0, 0]]),
+...     "tree_missing_left": np.array([[True, False, False]]),
+...     "tree_left": np.array([[1, 1, 2]]), "tree_right": np.array([[2, 1, 2]]),
+...     "tree_value": np.array([[0.0, -1.0, 1.0]]),
+...     "tree_baseline": np.array(0.25), "tree_depth": np.array(1)}
+>>> tree_scores(stump, np.array([[0.2], [0.9], [np.nan]])).tolist()
+[-0.75, 1.25, -0.75]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+TREE_ARRAYS = (
+    "tree_feature",
+    "tree_threshold",
+    "tree_missing_left",
+    "tree_left",
+    "tree_right",
+    "tree_value",
+    "tree_baseline",
+    "tree_depth",
+)
+BLOCK = 4096  # samples walked at once
+
+
+def tree_scores(arrays: Mapping[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """The ensemble's raw score (log-odds for a classifier) of each row of ``features``
+    (samples, features): the baseline plus the leaf value each tree reaches."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (samples, features), got shape {x.shape}")
+    n_samples = x.shape[0]
+    if n_samples > BLOCK:
+        # (trees, samples) node positions per step: bounded memory for evaluation's batches.
+        return np.concatenate(
+            [tree_scores(arrays, x[lo : lo + BLOCK]) for lo in range(0, n_samples, BLOCK)]
+        )
+    feature = arrays["tree_feature"]
+    n_trees, n_nodes = feature.shape
+    if n_samples == 0 or n_trees == 0:
+        return np.full(n_samples, float(arrays["tree_baseline"]))
+    # Flat (tree, node) positions: one gather per array and step instead of 2-D indexing.
+    flat = {name: np.asarray(arrays[name]).ravel() for name in TREE_ARRAYS[:-2]}
+    base = (np.arange(n_trees) * n_nodes)[:, None]
+    node = np.broadcast_to(base, (n_trees, n_samples)).copy()
+    rows = np.arange(n_samples)[None, :]
+    for _ in range(int(arrays["tree_depth"])):
+        value = x[rows, flat["tree_feature"][node]]
+        left = np.where(
+            np.isnan(value),
+            flat["tree_missing_left"][node],
+            value <= flat["tree_threshold"][node],
+        )
+        # Leaves point to themselves, so finished trees stay put.
+        node = base + np.where(left, flat["tree_left"][node], flat["tree_right"][node])
+    return float(arrays["tree_baseline"]) + flat["tree_value"][node].sum(axis=0)

@@ -1,0 +1,266 @@
+"""The re-ranker: boosted trees that reorder the blend's best candidates per customer.
+
+Fitted on the validation customers the blend's own-history shares are fitted on (the
+view where repeats count and the business filters apply, as serving shows), after the
+blend: each customer's held-out purchases against ``negatives`` other candidates drawn at
+random (seeded). :func:`fit_reranker` picks the tree size by 2-fold cross-validation over
+those customers and keeps the re-ranker only if its cross-validated NDCG@k beats the
+blend's, cross-validated the same way: in each fold the blend weights are refitted on the
+other half, and the trees learn on the other half on top of that blend, so neither has
+seen the customers it is judged on (the blend's NDCG on the customers it was fitted on
+would flatter it).
+
+The features and the scoring are :mod:`segrec.rerank`'s (numpy): the fitted trees are
+exported with :func:`export_trees` and every score, here too, comes from
+:func:`segrec.trees.tree_scores`, the code serving runs.
+
+Example
+-------
+>>> rng = np.random.default_rng(0)
+>>> x = rng.random((400, 2)); y = x[:, 0] > 0.5
+>>> model = Reranker(max_iter=20, random_state=0).fit(x, y)
+>>> bool((model.decision_function(np.array([[0.9, 0.5]])) > 0).all())
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.utils.validation import check_is_fitted
+
+from segrec.rerank import design, rerank
+from segrec.scoring import CustomerState
+from segrec.trees import tree_scores
+from training.models.blend_fit import ndcg_at_k
+
+LEAVES = (3, 7, 15)  # tree sizes tried by cross-validation (small ones won on validation)
+
+
+def export_trees(model: HistGradientBoostingClassifier) -> dict[str, np.ndarray]:
+    """A fitted binary ``HistGradientBoostingClassifier`` as :mod:`segrec.trees` arrays."""
+    check_is_fitted(model)
+    if len(model.classes_) != 2:
+        raise ValueError("only a binary classifier's trees can be exported")
+    nodes = [predictors[0].nodes for predictors in model._predictors]
+    if any(n["is_categorical"].any() for n in nodes):
+        raise ValueError("categorical splits are not supported; one-hot encode instead")
+    width = max(len(n) for n in nodes)
+    arrays = {
+        "tree_feature": np.zeros((len(nodes), width), np.int64),
+        "tree_threshold": np.zeros((len(nodes), width)),
+        "tree_missing_left": np.zeros((len(nodes), width), bool),
+        "tree_left": np.tile(np.arange(width), (len(nodes), 1)),
+        "tree_right": np.tile(np.arange(width), (len(nodes), 1)),
+        "tree_value": np.zeros((len(nodes), width)),
+    }
+    for t, n in enumerate(nodes):
+        split = ~n["is_leaf"].astype(bool)
+        size = len(n)
+        arrays["tree_feature"][t, :size] = np.where(split, n["feature_idx"], 0)
+        arrays["tree_threshold"][t, :size] = np.where(split, n["num_threshold"], 0.0)
+        arrays["tree_missing_left"][t, :size] = n["missing_go_to_left"].astype(bool)
+        arrays["tree_left"][t, :size] = np.where(split, n["left"], np.arange(size))
+        arrays["tree_right"][t, :size] = np.where(split, n["right"], np.arange(size))
+        arrays["tree_value"][t, :size] = np.where(split, 0.0, n["value"])
+    arrays["tree_baseline"] = np.asarray(float(np.ravel(model._baseline_prediction)[0]))
+    arrays["tree_depth"] = np.asarray(max(int(n["depth"].max()) for n in nodes), np.int64)
+    return arrays
+
+
+class Reranker(BaseEstimator):
+    """Boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) on re-ranking
+    features; scores through the exported arrays.
+
+    Parameters
+    ----------
+    max_leaf_nodes : int, default=15
+    max_iter : int, default=200
+        Trees at most (early stopping on a seeded 10% of the rows may stop sooner).
+    learning_rate : float, default=0.05
+    random_state : int, default=0
+    """
+
+    def __init__(
+        self,
+        max_leaf_nodes: int = 15,
+        max_iter: int = 200,
+        learning_rate: float = 0.05,
+        random_state: int = 0,
+    ) -> None:
+        self.max_leaf_nodes = max_leaf_nodes
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Self:
+        labels = np.asarray(y).astype(bool)
+        if labels.all() or not labels.any():
+            raise ValueError("the re-ranker needs both relevant and other candidates")
+        model = HistGradientBoostingClassifier(
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes,
+            random_state=self.random_state,
+        ).fit(x, labels)
+        self.trees_ = export_trees(model)
+        self.n_trees_ = int(self.trees_["tree_feature"].shape[0])
+        return self
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """Log-odds that each row is a relevant candidate."""
+        check_is_fitted(self)
+        return tree_scores(self.trees_, x)
+
+
+@dataclass
+class RerankData:
+    """Validation customers for the re-ranker: every model's normalised scores
+    (customers, models, items), the blend's (customers, items), relevant items, and per
+    customer the state (events before the window), blend group and item launch ages."""
+
+    normalised: np.ndarray
+    blended: np.ndarray
+    relevant: np.ndarray
+    n_relevant: np.ndarray
+    states: Sequence[CustomerState]
+    groups: np.ndarray
+    launch_age_days: Sequence[np.ndarray]
+    unseen: Sequence[np.ndarray]  # per customer: items without training interactions
+
+
+@dataclass
+class RerankFit:
+    reranker: Reranker | None  # None: the blend ranks better on validation
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # the bundle's ``rerank``
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def training_rows(
+    meta: dict[str, np.ndarray],
+    data: RerankData,
+    customers: np.ndarray,
+    negatives: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels: each customer's relevant items and ``negatives`` other
+    candidates (not excluded, seen in training: the ones re-ranked) drawn at random."""
+    rows, labels = [], []
+    for c in customers:
+        eligible = np.flatnonzero((data.blended[c] >= 0) & ~data.unseen[c])
+        relevant = data.relevant[c, eligible]
+        drawn = rng.choice(eligible, size=min(len(eligible), negatives), replace=False)
+        items = np.concatenate([eligible[relevant], drawn[~data.relevant[c, drawn]]])
+        rows.append(
+            design(
+                meta,
+                data.normalised[c],
+                data.blended[c],
+                items,
+                data.states[c],
+                int(data.groups[c]),
+                data.launch_age_days[c],
+            )
+        )
+        labels.append(data.relevant[c, items])
+    return np.vstack(rows), np.concatenate(labels)
+
+
+def _ndcg(
+    meta: dict[str, np.ndarray], data: RerankData, customers: np.ndarray, k: int
+) -> np.ndarray:
+    """NDCG@k of each of ``customers`` ranked by the re-ranker ``meta`` holds."""
+    scores = rerank(
+        meta,
+        data.normalised[customers],
+        data.blended[customers],
+        [data.states[c] for c in customers],
+        data.groups[customers].tolist(),
+        [data.launch_age_days[c] for c in customers],
+        [data.unseen[c] for c in customers],
+    )
+    return ndcg_at_k(scores, data.relevant[customers], data.n_relevant[customers], k)
+
+
+def fit_reranker(
+    data: RerankData,
+    meta: dict[str, np.ndarray],
+    *,
+    refit_blend: Callable[[np.ndarray], np.ndarray],
+    k: int,
+    negatives: int,
+    seed: int,
+    leaves: Sequence[int] = LEAVES,
+) -> RerankFit:
+    """Choose the tree size by 2-fold cross-validation over customers, fit on all of them,
+    and keep the re-ranker only if it beats the blend (module docstring). ``meta`` holds
+    the :mod:`segrec.rerank` arrays other than the trees (groups, depth, ...);
+    ``refit_blend(rows)`` returns the blend's scores of every customer (customers, items)
+    with weights fitted on the customers ``rows`` (bool) marks."""
+    started = time.perf_counter()
+    n = len(data.blended)
+    with_relevant = data.n_relevant > 0
+    fold = np.random.default_rng(seed).permutation(n) % 2
+    summary: dict[str, Any] = {
+        "customers": int(with_relevant.sum()),
+        "negatives": negatives,
+        "seed": seed,
+        "blend_ndcg_fitted_on_them": round(
+            float(ndcg_at_k(data.blended, data.relevant, data.n_relevant, k).mean()), 5
+        ),
+        "cv_ndcg": {},
+    }
+    if min(int((with_relevant & (fold == f)).sum()) for f in (0, 1)) < 2:
+        summary.update(chosen=False, reason="too few validation customers with purchases")
+        return RerankFit(None, summary=summary)
+    folds = [replace(data, blended=refit_blend(fold != f)) for f in (0, 1)]
+    # Out-of-fold NDCG@k of every customer: the blend's, and the trees' of each size.
+    blend_per = np.zeros(n)
+    for f, fold_data in enumerate(folds):
+        held = fold == f
+        blend_per[held] = ndcg_at_k(
+            fold_data.blended[held], data.relevant[held], data.n_relevant[held], k
+        )
+    blend_cv = float(blend_per.mean())
+    summary["blend_cv_ndcg"] = round(blend_cv, 5)
+    per_size: dict[int, np.ndarray] = {}
+    for size in leaves:
+        per_size[size] = np.zeros(n)
+        for f, fold_data in enumerate(folds):
+            train = np.flatnonzero(with_relevant & (fold != f))
+            rng = np.random.default_rng(seed)
+            x, y = training_rows(meta, fold_data, train, negatives, rng)
+            model = Reranker(max_leaf_nodes=size, random_state=seed).fit(x, y)
+            held = np.flatnonzero(fold == f)
+            per_size[size][held] = _ndcg({**meta, **model.trees_}, fold_data, held, k)
+        summary["cv_ndcg"][str(size)] = round(float(per_size[size].mean()), 5)
+    cv = {size: float(values.mean()) for size, values in per_size.items()}
+    best = max(cv, key=lambda size: (cv[size], -size))
+    everyone = np.flatnonzero(with_relevant)
+    x, y = training_rows(meta, data, everyone, negatives, np.random.default_rng(seed))
+    summary.update(rows=len(y), relevant_rows=int(y.sum()), max_leaf_nodes=best)
+    # Per blend group, for the report: every group is re-ranked (choosing groups by these
+    # noisy means lost test NDCG when tried; see the README).
+    summary["cv_by_group"] = {
+        str(group): {
+            "customers": int((data.groups == group).sum()),
+            "blend": round(float(blend_per[data.groups == group].mean()), 5),
+            "reranked": round(float(per_size[best][data.groups == group].mean()), 5),
+        }
+        for group in np.unique(data.groups).tolist()
+    }
+    chosen = cv[best] > blend_cv
+    summary["chosen"] = chosen
+    if not chosen:
+        summary["reason"] = "the blend's cross-validated NDCG is as high or higher"
+    reranker = Reranker(max_leaf_nodes=best, random_state=seed).fit(x, y) if chosen else None
+    summary["n_trees"] = reranker.n_trees_ if reranker is not None else 0
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    arrays = {**meta, **reranker.trees_} if reranker is not None else {}
+    return RerankFit(reranker, arrays, summary)
