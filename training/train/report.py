@@ -197,7 +197,7 @@ def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
     ax.bar(names, means, yerr=[low, high], color=colours, capsize=3)
     ax.set_ylabel(f"NDCG@{report['k']} (95% bootstrap interval)")
     ax.set_title(f"{protocol}: every model, the blend and the baselines")
-    ax.tick_params(axis="x", rotation=30)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     return png_base64(fig)
 
 
@@ -217,6 +217,9 @@ def _rerank_choice(report: dict[str, Any]) -> str:
         linestyle="--",
         label="blend on the customers it was fitted on",
     )
+    # The differences are a few thousandths: show the range they live in.
+    shown = [*values, rerank["blend_cv_ndcg"], rerank["blend_ndcg_fitted_on_them"]]
+    ax.set_ylim(0.9 * min(shown), 1.05 * max(shown))
     ax.set_ylabel(f"validation NDCG@{report['k']}")
     verdict = "kept" if rerank.get("chosen") else "not kept"
     ax.set_title(f"Re-ranker: 2-fold cross-validation ({verdict}, red: chosen)")
