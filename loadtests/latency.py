@@ -435,7 +435,8 @@ def replay_breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
 
     Stages in the engine's order: the online read, the customer's state, the experiment
     assignment, the tactics rules (facts, then rules), each model's scoring, the blend
-    (with the model an experiment arm or a rule chose), the ranking with its filters and
+    (with the model an experiment arm or a rule chose), the re-ranker (when the bundle
+    has one), the ranking with its filters and
     the tactics' boosts and filters, the JSON body."""
     import serving.engine as engine_module
     from segrec.blend import blend, normalise
@@ -526,9 +527,22 @@ def replay_breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
             scores = engine._scores(customer)[None]
             scored = time.perf_counter()
             model = engine_module._model_choice(assignment, applied)
-            totals, parts = blend(normalise(scores), engine._weights(customer, model)[None])
+            normalised = normalise(scores)
+            totals, parts = blend(normalised, engine._weights(customer, model)[None])
             blended = time.perf_counter()
-            answer = engine._rank(request, customer, totals[0], parts[0], applied, assignment)
+            lifts = engine._rerank_lifts(
+                [customer], [engine.blend_answers(customer, model)], normalised, totals, now
+            )
+            reranked = time.perf_counter()
+            answer = engine._rank(
+                request,
+                customer,
+                totals[0],
+                parts[0],
+                applied,
+                assignment,
+                None if lifts is None else lifts[0],
+            )
             ranked = time.perf_counter()
             json.dumps(answer.as_json(customer_id))
             done = time.perf_counter()
@@ -538,7 +552,8 @@ def replay_breakdown(engine: Any, ids: Sequence[str]) -> dict[str, Any]:
             timers.add("tactics (facts, rules)", tactics - assigned)
             timers.add("score: total", scored - tactics)
             timers.add("blend (normalise, weights)", blended - scored)
-            timers.add("rank: total (filters, tactics, sort, item dicts)", ranked - blended)
+            timers.add("re-rank (trees over the blend's top candidates)", reranked - blended)
+            timers.add("rank: total (filters, tactics, sort, item dicts)", ranked - reranked)
             timers.add("json encode", done - ranked)
             timers.add("total", done - started)
             replayed.append(_answer_key(answer))

@@ -35,7 +35,6 @@ from segrec.trees import tree_scores
 
 VIEW = EVENT_TYPES.index("view")
 CUSTOMER_FEATURES = ("trend_view_share", "repeat_view_share", "log_events")
-RERANKED_FLOOR = 1.0  # re-ranked scores are 1 + probability: above every blend score (<= 1)
 SLOT_STEP = 1e-9  # score decrement per re-ranked slot: strict order, ties impossible
 
 Arrays = Mapping[str, np.ndarray]
@@ -140,15 +139,15 @@ def rerank(
     launch_age_days: np.ndarray | Sequence[np.ndarray],
     unseen: np.ndarray | Sequence[np.ndarray],
 ) -> np.ndarray:
-    """Re-ranked scores (customers, items). Each customer's blend top ``depth`` get
-    ``1 + probability`` from the trees, so they stay above every other item, which keeps
-    its blend score (an item past the depth, or excluded, keeps its place behind them).
+    """Re-ranked scores (customers, items). The trees order each customer's blend top
+    ``depth``; every slot keeps the blend's score of that rank (less ``SLOT_STEP`` per
+    slot, so ties cannot undo the order), so the scores stay on the blend's scale and
+    whatever serving adds to them (the page's context, session boosts, tactics) weighs
+    as much as before. Items past the depth, and excluded ones, keep their blend scores.
 
     Products nobody interacted with in training (``unseen``, bool per item) keep their
-    slot in the blend's order: validation has no such candidates (a product launched in a
-    window is not on sale before it), so the trees know nothing about them, while the
-    blend's new-product floor gives them their place on purpose. They get scores between
-    their neighbours'.
+    slot in the blend's order: validation holds few of them and the trees learned to bury
+    them, while the blend's new-product floor gives them their place on purpose.
 
     ``normalised`` is (customers, models, items), ``blended`` (customers, items); one
     state and blend group per customer; item launch ages at each state's "now" and the
@@ -173,34 +172,25 @@ def rerank(
     if not any(len(r) for r in rows):
         return out
     raw = tree_scores(arrays, np.vstack(rows))
-    probability = 1.0 / (1.0 + np.exp(-raw))
     start = 0
     for c, items in enumerate(chosen):
-        p = probability[start : start + len(movable[c])]
+        # Log-odds order the same as probabilities: no need for the logistic.
+        odds = raw[start : start + len(movable[c])]
         start += len(movable[c])
-        ranked, values = _slotted(items, movable[c], p)
-        out[c, ranked] = RERANKED_FLOOR + values
+        slot_scores = out[c, items] - np.arange(len(items)) * SLOT_STEP
+        out[c, _slotted(items, movable[c], odds)] = slot_scores
     return out
 
 
-def _slotted(
-    order: np.ndarray, movable: np.ndarray, probability: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``order``'s items (the blend's top, best first) re-ranked, with their scores: the
-    ``movable`` ones (``probability`` each) sorted into the movable slots, the others
-    left in their slots with scores interpolated between their neighbours'; a tiny
-    decrement per slot keeps the order strict.
+def _slotted(order: np.ndarray, movable: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """``order``'s items (the blend's top, best first) re-ranked: the ``movable`` ones
+    sorted by ``score`` (best first, ties in blend order) into the movable slots, the
+    others left in theirs.
 
-    >>> items, scores = _slotted(np.array([5, 9, 7]), np.array([5, 7]), np.array([0.2, 0.8]))
-    >>> items.tolist(), scores.round(3).tolist()
-    ([7, 9, 5], [0.8, 0.5, 0.2])
+    >>> _slotted(np.array([5, 9, 7]), np.array([5, 7]), np.array([0.2, 0.8])).tolist()
+    [7, 9, 5]
     """
     slots = np.flatnonzero(np.isin(order, movable))
-    by_probability = np.argsort(-probability, kind="stable")
     items = order.copy()
-    items[slots] = movable[by_probability]
-    if len(slots):
-        values = np.interp(np.arange(len(order)), slots, probability[by_probability])
-    else:
-        values = np.zeros(len(order))
-    return items, values - np.arange(len(order)) * SLOT_STEP
+    items[slots] = movable[np.argsort(-score, kind="stable")]
+    return items

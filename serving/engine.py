@@ -314,6 +314,12 @@ class RecommendationEngine:
             return np.asarray(self.cold_weights, dtype=np.float64)
         return np.asarray(self.bundle.blend_weights(customer.segment_id), dtype=np.float64)
 
+    def blend_answers(self, customer: _Customer, model: str | None) -> bool:
+        """Whether the blend ranks for this customer, so the re-ranker may reorder it: not
+        when one model answers alone (an experiment's or a rule's ``model``, or popularity
+        for a customer nothing personal may be used for)."""
+        return customer.personal and (model is None or model not in self.models)
+
     def _group(self, customer: _Customer) -> int:
         """The customer's blend group, as training's: cold start, else the segment."""
         has_factors = bool(customer.vector.values.get("als_factors"))
@@ -329,8 +335,9 @@ class RecommendationEngine:
         totals: np.ndarray,
         now: float,
     ) -> np.ndarray | None:
-        """How much the re-ranker lifts each item's score (requests, items), for the
-        requests ranked by the blend (``blended``); None without a re-ranker."""
+        """How much the re-ranker changes each item's score (requests, items; negative
+        when it moved an item down), for the requests the blend ranks (``blended``);
+        None without a re-ranker."""
         arrays = self.rerank_arrays
         rows = [n for n, uses in enumerate(blended) if uses]
         if arrays is None or not rows:
@@ -451,12 +458,7 @@ class RecommendationEngine:
         )  # (requests, models)
         normalised = normalise(scores)
         totals, parts = blend(normalised, weights)
-        # Only the blend is re-ranked: not one model alone (an experiment's or a rule's
-        # choice, or popularity for a customer nothing personal may be used for).
-        blended = [
-            c.personal and (choice is None or choice not in self.models)
-            for c, choice in zip(chosen, choices, strict=True)
-        ]
+        blended = [self.blend_answers(c, choice) for c, choice in zip(chosen, choices, strict=True)]
         lifts = self._rerank_lifts(chosen, blended, normalised, totals, now)
         return [
             self._rank(
@@ -520,7 +522,7 @@ class RecommendationEngine:
     ) -> Recommendation:
         extras: dict[str, np.ndarray] = {}
         if lift is not None:
-            # The re-ranker's order: its candidates move above the rest, by its score.
+            # The re-ranker's order, on the blend's scale (segrec.rerank).
             extras["reranker"] = lift
         # A product page's context needs no consent: it is the page, not the customer.
         context = self._context(request, customer)
@@ -579,15 +581,14 @@ class RecommendationEngine:
             {
                 "product_id": self.product_names[i],
                 "score": score,
-                "contributions": {
-                    m: c for m, c, raw in zip(names, column, raw_column, strict=True) if raw > 0
-                },
+                # Non-zero to 6 decimals: the re-ranker's is negative when it moved an
+                # item down.
+                "contributions": {m: c for m, c in zip(names, column, strict=True) if c != 0},
             }
-            for i, score, column, raw_column in zip(
+            for i, score, column in zip(
                 chosen.tolist(),
                 np.round(final[chosen], 6).tolist(),
                 np.round(columns, 6).T.tolist(),
-                columns.T.tolist(),
                 strict=True,
             )
         ]

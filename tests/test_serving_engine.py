@@ -270,7 +270,8 @@ def test_the_reranker_in_the_bundle_reorders_the_served_blend(
 ) -> None:
     """A hand-made re-ranker (one stump: items the customer viewed score +3 log-odds,
     others -3) put in the real bundle: viewed items of the blend's top 50 come first,
-    with the re-ranker's lift in the explanation; one model alone is never re-ranked."""
+    with the re-ranker's change of score in the explanation; one model alone is never
+    re-ranked."""
     settings, _ = trained_small
     groups = [COLD_START, NO_SEGMENT, *engine.bundle.segment_model.segment_ids.tolist()]
     meta = {
@@ -284,7 +285,7 @@ def test_the_reranker_in_the_bundle_reorders_the_served_blend(
     bundle = dataclasses.replace(engine.bundle, arrays={**engine.bundle.arrays, "rerank": stump})
     reranking = RecommendationEngine(bundle, engine.features, clock=engine.clock)
     now = engine.clock().timestamp()
-    led = 0
+    led, lifts = 0, []
     for customer_id in _segments(settings)["customer_id"].iloc[:40]:
         customer = reranking._customer(reranking.features.read_many([customer_id])[0], now)
         viewed = set(customer.items[customer.types == 0].tolist())
@@ -294,9 +295,10 @@ def test_the_reranker_in_the_bundle_reorders_the_served_blend(
         for item in answer.items:
             assert sum(item["contributions"].values()) == pytest.approx(item["score"], abs=1e-5)
         led += bool(flags and flags[0])
-        if flags and flags[0]:
-            assert answer.items[0]["contributions"]["reranker"] > 0.9
+        lifts.extend(i["contributions"].get("reranker", 0.0) for i in answer.items)
     assert led >= 5
+    # Scores stay on the blend's scale: moved up, an item takes a higher rank's score.
+    assert max(lifts) > 0 > min(lifts)
     # The bundle's own re-ranker is there exactly when training kept one; without any,
     # nothing is re-ranked.
     _, run = trained_small

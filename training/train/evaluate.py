@@ -12,7 +12,7 @@ import pandas as pd
 
 from segrec.blend import weights_for
 from segrec.filters import FilterRules
-from segrec.rerank import RERANKED_FLOOR, rerank
+from segrec.rerank import rerank
 from segrec.scoring import CustomerState
 from training.evaluation.metrics import RunMetrics, evaluate_run
 from training.evaluation.oracle import ORACLE, ORACLE_LABEL
@@ -189,13 +189,9 @@ def evaluate_rankings(
             rankings[name] = np.where(excluded, EXCLUDED, scores)
         for name, scores in rankings.items():
             lists.setdefault(name, []).extend(_top_k(scores, k, rules, chunk.bought))
-        shown = {n: v for n, v in rankings.items() if n != RANDOM}
-        if reranker is not None:
-            # The re-ranker's probability for its candidates; the rest rank after them.
-            reranked = shown[BLEND]
-            rest = np.where(reranked > EXCLUDED, 0.0, EXCLUDED)
-            shown[BLEND] = np.where(reranked >= RERANKED_FLOOR, reranked - RERANKED_FLOOR, rest)
-        counts = score_histograms(shown, chunk.relevant, seed + number)
+        counts = score_histograms(
+            {n: v for n, v in rankings.items() if n != RANDOM}, chunk.relevant, seed + number
+        )
         for name, parts in counts.items():
             total = histograms.setdefault(name, {part: [0] * len(c) for part, c in parts.items()})
             for part, values in parts.items():
