@@ -190,7 +190,13 @@ class Tour:
         table = Table(
             title=f"NDCG@{report['k']} on the held-out test window ({report['protocol']})"
         )
-        for column in ("view", "popularity", "best single model", "segment blend"):
+        # With a re-ranker the served blend is re-ranked: show the weights alone beside it.
+        reranked = bool(report.get("rerank", {}).get("chosen"))
+        columns = ["view", "popularity", "best single model"]
+        columns += (
+            ["blend weights alone", "segment blend, re-ranked"] if reranked else ["segment blend"]
+        )
+        for column in columns:
             table.add_column(column)
         for view, body in report["protocols"].items():
             ndcg = {name: run["means"]["ndcg"] for name, run in body["summary"].items()}
@@ -198,11 +204,12 @@ class Tour:
             # data, the generator's oracle, which no model can be.
             singles = {n: v for n, v in ndcg.items() if n in report["models"]}
             best = max(singles, key=singles.__getitem__)
+            blends = ["linear_blend", "blend"] if reranked else ["blend"]
             table.add_row(
                 view,
                 f"{ndcg.get('popularity', float('nan')):.3f}",
                 f"{best} {singles[best]:.3f}",
-                f"{ndcg['blend']:.3f}" if "blend" in ndcg else "-",
+                *(f"{ndcg[b]:.3f}" if b in ndcg else "-" for b in blends),
             )
         self.console.print(table)
         reports = self.settings.reports_dir

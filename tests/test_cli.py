@@ -119,3 +119,16 @@ def test_the_demo_summary_names_the_best_trained_model_not_the_oracle(tmp_path: 
     Tour(settings, "http://127.0.0.1:1", console).summary()
     text = console.export_text()
     assert "svd 0.090" in text and "oracle" not in text
+    assert "re-ranked" not in text and "0.110" in text
+    # With a re-ranker kept, the weights alone stand beside the re-ranked blend.
+    means["linear_blend"] = 0.1
+    report["rerank"] = {"chosen": True}
+    report["protocols"]["filtered"]["summary"] = {
+        m: {"means": {"ndcg": v}} for m, v in means.items()
+    }
+    (settings.reports_dir / "evaluation.json").write_text(json.dumps(report))
+    console = Console(record=True, width=140)
+    Tour(settings, "http://127.0.0.1:1", console).summary()
+    text = console.export_text()
+    assert "blend weights alone" in text and "re-ranked" in text
+    assert "0.100" in text and "0.110" in text and "linear_blend" not in text
