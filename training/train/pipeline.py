@@ -319,6 +319,10 @@ def fit_blend(
     ``settings.blend_min_customers`` of ``main`` when it has them
     (:func:`~training.models.blend_fit.sample_customers`). With no more customers than
     that every one is scored, in order: the weights are those of the whole validation set.
+
+    With ``settings.rerank``, the re-ranker is then fitted on the same ``rep`` customers
+    (:func:`~training.models.reranker.fit_reranker`: each customer's events before their
+    window, and the blend refitted on half of them per cross-validation fold).
     """
     started = time.perf_counter()
     windows = [BlendWindow(models, train, main, rep), *earlier]
