@@ -193,11 +193,10 @@ class Tour:
         # With a re-ranker the served blend is re-ranked: show the weights alone beside it.
         reranked = bool(report.get("rerank", {}).get("chosen"))
         columns = ["view", "popularity", "best single model"]
-        columns += (
-            ["blend weights alone", "segment blend, re-ranked"] if reranked else ["segment blend"]
-        )
+        columns += ["blend weights", "blend re-ranked"] if reranked else ["segment blend"]
         for column in columns:
-            table.add_column(column)
+            # Folded, never cut: an 80-column terminal still shows every name and figure.
+            table.add_column(column, overflow="fold")
         for view, body in report["protocols"].items():
             ndcg = {name: run["means"]["ndcg"] for name, run in body["summary"].items()}
             # Trained models only: the table also holds the random baseline and, on synthetic
@@ -206,9 +205,10 @@ class Tour:
             best = max(singles, key=singles.__getitem__)
             blends = ["linear_blend", "blend"] if reranked else ["blend"]
             table.add_row(
-                view,
+                # Spaces for underscores: a narrow terminal wraps at words.
+                view.replace("_", " "),
                 f"{ndcg.get('popularity', float('nan')):.3f}",
-                f"{best} {singles[best]:.3f}",
+                f"{best.replace('_', ' ')} {singles[best]:.3f}",
                 *(f"{ndcg[b]:.3f}" if b in ndcg else "-" for b in blends),
             )
         self.console.print(table)
