@@ -68,7 +68,17 @@ def customer_features(
     ...                   trend_days=30).round(3).tolist()
     [0.333, 0.333, 1.386]
     """
-    items, types, ages = recent(state, history_events)
+    return _customer_features(*recent(state, history_events), launch_age_days, trend_days)
+
+
+def _customer_features(
+    items: np.ndarray,
+    types: np.ndarray,
+    ages: np.ndarray,
+    launch_age_days: np.ndarray,
+    trend_days: float,
+) -> np.ndarray:
+    """:func:`customer_features` of events already cut to the newest ones."""
     viewed, viewed_age = items[types == VIEW], ages[types == VIEW]
     out = np.zeros(len(CUSTOMER_FEATURES))
     if len(viewed):
@@ -94,11 +104,10 @@ def design(
     candidates = np.asarray(candidates, dtype=np.int64)
     history = int(arrays["history_events"])
     scores = np.maximum(normalised[:, candidates], 0.0).T
-    customer = customer_features(
-        state, launch_age_days, history_events=history, trend_days=float(arrays["trend_days"])
-    )
+    # The newest events once: the customer's features and their views of each candidate.
+    items, types, ages = recent(state, history)
+    customer = _customer_features(items, types, ages, launch_age_days, float(arrays["trend_days"]))
     groups = np.asarray(arrays["groups"])
-    items, types, _ = recent(state, history)
     views = np.bincount(items[types == VIEW], minlength=len(blended))[candidates]
     n = len(candidates)
     return np.hstack(
