@@ -25,7 +25,7 @@ from training.train.pipeline import (
     earlier_windows,
     fit_blend,
     held_out,
-    load_segments,
+    segments_at,
 )
 from training.train.report import write_reports
 from training.train.search import GRIDS
@@ -218,7 +218,7 @@ def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
     split = _split(settings, events)
-    segment_of = load_segments(settings)["segment_id"].astype("int64")
+    segment_of = segments_at(settings, split.validation)["segment_id"]
     train = _interactions(split.validation, products, segment_of)
     models = fit_models(make_models(settings), train)
     main = held_out(split.validation, train, new_items_only=True, known_only=False)
@@ -251,9 +251,9 @@ def test_earlier_validation_windows_are_pooled_for_the_blend(
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
     split = _split(settings, events)
-    segment_of = load_segments(settings)["segment_id"].astype("int64")
-    assert earlier_windows(one, split, products, segment_of, {}) == []
-    (window,) = earlier_windows(two, split, products, segment_of, {})
+    segment_of = segments_at(settings, split.validation)["segment_id"]
+    assert earlier_windows(one, split, products, {}) == []
+    (window,) = earlier_windows(two, split, products, {})
     cut = split.validation.reference_time - pd.Timedelta(days=settings.eval_validation_days)
     assert window.train.reference_time == cut
     assert window.rep[0] and set(window.main[0]) <= set(window.rep[0])

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from segrec.lifecycle import LifecycleRules
 from segrec.segment_model import SegmentModel
 from segrec.settings import Settings
 from training.laps import Laps
+from training.segmentation.assign import categorical_rows, lifecycle_stages, numeric_rows
 from training.segmentation.estimators import (
     DensityOutlierDetector,
     KMeansSegmenter,
@@ -98,14 +98,6 @@ def _profile_logs(settings: Settings) -> tuple[str, ...]:
     # clustering, whatever the log setting (auto may not have chosen the extras).
     log = settings.segment_log_features
     return tuple(log) if log != "auto" else ("monetary_total", "frequency", "avg_order_value")
-
-
-def _lifecycle(frame: pd.DataFrame) -> np.ndarray:
-    return LifecycleRules().assign(
-        frame["tenure_days"].to_numpy(dtype=float),
-        frame["days_since_last_event"].to_numpy(dtype=float),
-        frame["frequency"].fillna(0).to_numpy(dtype=float),
-    )
 
 
 def _persona_agreement(settings: Settings, segment_ids: pd.Series) -> dict[str, Any] | None:
@@ -273,18 +265,12 @@ def run_segmentation(
     return _finish(settings, run, timer, online)
 
 
-def _numeric(model: SegmentModel, frame: pd.DataFrame) -> np.ndarray:
-    return frame[list(model.feature_names)].astype(np.float64).to_numpy()
-
-
-def _categorical(model: SegmentModel, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {n: frame[n].astype(str).to_numpy(dtype=object) for n in model.categorical}
-
-
 def _transition_from(
     previous: SegmentModel, frame: pd.DataFrame, new_ids: np.ndarray
 ) -> Transition:
-    previous_ids, _ = previous.assign(_numeric(previous, frame), _categorical(previous, frame))
+    previous_ids, _ = previous.assign(
+        numeric_rows(previous, frame), categorical_rows(previous, frame)
+    )
     return transition(previous, previous_ids, new_ids)
 
 
@@ -303,7 +289,7 @@ def _assignments(
             "segment_version": model.version,
             "segment_probability": probability.round(6),
             "segment_outlier": outlier,
-            "lifecycle_stage": _lifecycle(frame),
+            "lifecycle_stage": lifecycle_stages(frame),
         },
         index=frame.index.rename("customer_id"),
     )
@@ -354,7 +340,7 @@ def update_segments(
     inputs = load_segmentation_inputs(settings)
     frame = inputs.features
     timer.lap("inputs")
-    X = previous.transform(_numeric(previous, frame), _categorical(previous, frame))
+    X = previous.transform(numeric_rows(previous, frame), categorical_rows(previous, frame))
     before_ids, _, _ = previous.assign_space(X)
     segmenter = KMeansSegmenter(n_clusters=previous.n_segments, random_state=settings.seed)
     segmenter.cluster_centers_ = previous.centroids.copy()

@@ -32,6 +32,7 @@ from training.models.blend_fit import SegmentBlender, sample_customers
 from training.models.interactions import LAUNCH_COLUMN, Interactions, launched_by
 from training.models.new_arrivals import launch_age_days
 from training.models.reranker import RerankData, RerankFit, fit_reranker
+from training.segmentation.assign import segments_as_of
 from training.train.evaluate import (
     BLEND,
     RankingResult,
@@ -96,6 +97,15 @@ class TrainingRun:
     # Test customers evaluated per view, of how many (a seeded sample above the cap).
     evaluation_sample: dict[str, Any] = field(default_factory=dict)
     rerank: dict[str, Any] = field(default_factory=dict)  # the re-ranker's fit, or why none
+    # Per split side, the cut-off the customers' segments were assigned at and how many.
+    segments_as_of: dict[str, Any] = field(default_factory=dict)
+
+
+def segments_at(settings: Settings, side: HeldOut) -> pd.DataFrame:
+    """Segment and lifecycle stage per customer as they stood at ``side``'s cut-off
+    (:func:`training.segmentation.assign.segments_as_of`): a split judged by what serving
+    knew then must not group customers by features of the window it holds out."""
+    return segments_as_of(settings, side.reference_time)
 
 
 def load_segments(settings: Settings) -> pd.DataFrame:
@@ -194,7 +204,6 @@ def earlier_windows(
     settings: Settings,
     split: EvaluationSplit,
     products: pd.DataFrame,
-    segment_of: pd.Series,
     params: dict[str, dict[str, Any]],
 ) -> list[BlendWindow]:
     """Validation windows before ``split.validation`` (temporal protocol only): each as
@@ -213,7 +222,7 @@ def earlier_windows(
         side = make_split(
             "temporal", before, test_days=days, validation_days=days, end=side.reference_time
         ).test
-        data = _interactions(side, products, segment_of)
+        data = _interactions(side, products, segments_at(settings, side)["segment_id"])
         rep = held_out(side, data, new_items_only=False, known_only=False)
         if not rep[0]:
             break
@@ -436,13 +445,14 @@ def run_training(
 
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = with_launch_dates(pd.read_parquet(settings.clean_dir / "products.parquet"), events)
-    segments = load_segments(settings)
-    segment_of = segments["segment_id"].astype("int64")
     split = _split(settings, events)
+    # Segments as of each cut-off for fitting and evaluating; the newest for the bundle.
+    segments = {"validation": segments_at(settings, split.validation)}
+    segments["test"] = segments_at(settings, split.test)
     lap("load")
 
     # 1. Blend weights from validation (the main protocol: new items only).
-    train = _interactions(split.validation, products, segment_of)
+    train = _interactions(split.validation, products, segments["validation"]["segment_id"])
     models = fit_models(make_models(settings), train)
     lap("fit_for_validation")
     main = held_out(split.validation, train, new_items_only=True, known_only=False)
@@ -469,14 +479,14 @@ def run_training(
             models[name] = models[name].set_params(**params).fit(train)
         lap("search")
     rep = held_out(split.validation, train, new_items_only=False, known_only=False)
-    earlier = earlier_windows(settings, split, products, segment_of, tuned.best)
+    earlier = earlier_windows(settings, split, products, tuned.best)
     fitted = fit_blend(settings, models, train, main, rep, earlier)
     blender = fitted.blender
     reranker = fitted.rerank.arrays or None
     lap("fit_blend")
 
     # 2. Refit on the whole training side and evaluate on the test side.
-    before = _interactions(split.test, products, segment_of)
+    before = _interactions(split.test, products, segments["test"]["segment_id"])
     models = fit_models(make_models(settings, tuned.best), before)
     lap("fit_for_test")
     oracle, oracle_info = load_oracle(settings, split)  # synthetic data only
@@ -522,7 +532,7 @@ def run_training(
             model_names=list(models),
             blender=blender,
             reranker=reranker,
-            groups=pd.DataFrame(_groups(ids, index, segments, before)),
+            groups=pd.DataFrame(_groups(ids, index, segments["test"], before)),
             k=settings.eval_k,
             seed=settings.seed,
             rules=rules if filtered else None,
@@ -533,7 +543,10 @@ def run_training(
     if export_bundle:
         now = pd.Timestamp(events["ts"].max())
         everything = Interactions.from_events(
-            events, products=on_sale(products, now), reference_time=now, segments=segment_of
+            events,
+            products=on_sale(products, now),
+            reference_time=now,
+            segments=load_segments(settings)["segment_id"].astype("int64"),
         )
         final = fit_models(make_models(settings, tuned.best), everything)
         lap("fit_for_export")
@@ -551,6 +564,13 @@ def run_training(
         blender=blender,
         blend_sample=fitted.sample,
         rerank=fitted.rerank.summary,
+        segments_as_of={
+            side: {
+                "cutoff": getattr(split, side).reference_time.isoformat(),
+                "segmented_customers": len(frame),
+            }
+            for side, frame in segments.items()
+        },
         results=results,
         customers={
             # New-item customers of every pooled validation window.

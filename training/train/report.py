@@ -175,6 +175,8 @@ def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
         # Boosted trees over the blend's top candidates: the tree size chosen by 2-fold
         # cross-validation on validation, kept only when they beat the blend there.
         "rerank": run.rerank,
+        # Validation and test customers are grouped by their segments as of each cut-off.
+        "segments_as_of": run.segments_as_of,
         "rating_errors": run.rating_errors,
         # The generator's true preferences as a ranking: the ceiling, synthetic data only.
         "oracle": run.oracle,
