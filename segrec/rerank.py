@@ -27,6 +27,7 @@ their events, one-hot of their blend group, and their views of the candidate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -139,6 +140,60 @@ def _for(value: np.ndarray | Sequence[np.ndarray], customer: int) -> np.ndarray:
     return value[customer]
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """What the trees score for some customers: each one's blend top ``depth`` (best
+    first), the movable items among them (not ``unseen``), and the movable items'
+    feature rows, every customer's stacked in order. They do not depend on the trees,
+    so training builds them once and scores them with each re-ranker it tries."""
+
+    top: list[np.ndarray]
+    movable: list[np.ndarray]
+    rows: np.ndarray
+
+
+def candidates(
+    arrays: Arrays,
+    normalised: np.ndarray,
+    blended: np.ndarray,
+    states: Sequence[CustomerState],
+    groups: Sequence[int],
+    launch_age_days: np.ndarray | Sequence[np.ndarray],
+    unseen: np.ndarray | Sequence[np.ndarray],
+) -> Candidates:
+    """:class:`Candidates` of every customer (arguments as :func:`rerank`'s)."""
+    depth = int(arrays["depth"])
+    top = [top_candidates(np.asarray(blended[c]), depth) for c in range(len(blended))]
+    movable = [items[~_for(unseen, c)[items]] for c, items in enumerate(top)]
+    rows = [
+        design(
+            arrays,
+            normalised[c],
+            np.asarray(blended[c]),
+            movable[c],
+            states[c],
+            groups[c],
+            _for(launch_age_days, c),
+        )
+        for c in range(len(top))
+    ]
+    return Candidates(top, movable, np.vstack(rows) if rows else np.zeros((0, 0)))
+
+
+def reorder(blended: np.ndarray, chosen: Candidates, raw: np.ndarray) -> np.ndarray:
+    """The blend's scores (customers, items) with each customer's top re-ranked by
+    ``raw`` (one tree score per row of ``chosen.rows``), slots as :func:`rerank` says."""
+    out = np.array(blended, dtype=np.float64, copy=True)
+    start = 0
+    for c, items in enumerate(chosen.top):
+        # Log-odds order the same as probabilities: no need for the logistic.
+        odds = raw[start : start + len(chosen.movable[c])]
+        start += len(chosen.movable[c])
+        slot_scores = out[c, items] - np.arange(len(items)) * SLOT_STEP
+        out[c, _slotted(items, chosen.movable[c], odds)] = slot_scores
+    return out
+
+
 def rerank(
     arrays: Arrays,
     normalised: np.ndarray,
@@ -162,33 +217,10 @@ def rerank(
     state and blend group per customer; item launch ages at each state's "now" and the
     unseen flags, one array for all customers or one per customer (pooled validation
     windows differ)."""
-    depth = int(arrays["depth"])
-    out = np.array(blended, dtype=np.float64, copy=True)
-    chosen = [top_candidates(out[c], depth) for c in range(len(out))]
-    movable = [items[~_for(unseen, c)[items]] for c, items in enumerate(chosen)]
-    rows = [
-        design(
-            arrays,
-            normalised[c],
-            out[c],
-            movable[c],
-            states[c],
-            groups[c],
-            _for(launch_age_days, c),
-        )
-        for c in range(len(out))
-    ]
-    if not any(len(r) for r in rows):
-        return out
-    raw = tree_scores(arrays, np.vstack(rows))
-    start = 0
-    for c, items in enumerate(chosen):
-        # Log-odds order the same as probabilities: no need for the logistic.
-        odds = raw[start : start + len(movable[c])]
-        start += len(movable[c])
-        slot_scores = out[c, items] - np.arange(len(items)) * SLOT_STEP
-        out[c, _slotted(items, movable[c], odds)] = slot_scores
-    return out
+    chosen = candidates(arrays, normalised, blended, states, groups, launch_age_days, unseen)
+    if not len(chosen.rows):
+        return np.array(blended, dtype=np.float64, copy=True)
+    return reorder(blended, chosen, tree_scores(arrays, chosen.rows))
 
 
 def _slotted(order: np.ndarray, movable: np.ndarray, score: np.ndarray) -> np.ndarray:

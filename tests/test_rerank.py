@@ -24,7 +24,14 @@ from segrec.rerank import (
 from segrec.scoring import CustomerState
 from segrec.trees import BLOCK, tree_scores
 from tests.hand_trees import own_views_stump
-from training.models.reranker import RerankData, Reranker, export_trees, fit_reranker
+from training.models.reranker import (
+    RerankData,
+    Reranker,
+    average_trees,
+    bagged_rows,
+    export_trees,
+    fit_reranker,
+)
 
 
 def _meta(groups: tuple[int, ...] = (-2, 0, 1), depth: int = 20) -> dict[str, np.ndarray]:
@@ -59,6 +66,63 @@ def test_exported_trees_score_exactly_as_scikit_learn(leaves: int) -> None:
     assert tree_scores(arrays, test[:0]).shape == (0,)
 
 
+def test_averaged_trees_score_the_mean_of_their_ensembles() -> None:
+    """Ensembles of different sizes and widths side by side: the walk of the average is
+    the mean of the walks, and of scikit-learn's scores."""
+    rng = np.random.default_rng(7)
+    x = rng.random((2000, 4))
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y = np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * rng.random(2000) > 0.8
+    models = [
+        HistGradientBoostingClassifier(max_iter=n, max_leaf_nodes=leaves, random_state=n).fit(x, y)
+        for n, leaves in ((20, 3), (35, 15), (10, 7))
+    ]
+    averaged = average_trees([export_trees(m) for m in models])
+    assert averaged["tree_feature"].shape[0] == 65
+    test = rng.random((300, 4))
+    test[rng.random(test.shape) < 0.05] = np.nan
+    expected = np.mean([m.decision_function(test) for m in models], axis=0)
+    assert np.allclose(tree_scores(averaged, test), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="no ensembles"):
+        average_trees([])
+
+
+def test_bagged_rows_draw_their_own_negatives_and_match_the_features_of_each_item() -> None:
+    data = _staples_case(12, seed=4)
+    meta = _meta((0,), depth=40)
+    customers = np.arange(12)
+    bags = bagged_rows(meta, data, customers, 8, seeds=[11, 12])
+    assert len(bags) == 2
+    first_draw = np.random.default_rng(11)
+    start = 0
+    for c in customers:
+        # The first bag is exactly one seeded draw: the customer's purchases, then the
+        # drawn candidates that are not purchases, each row the item's own features.
+        eligible = np.flatnonzero((data.blended[c] >= 0) & ~data.unseen[c])
+        drawn = first_draw.choice(eligible, size=8, replace=False)
+        items = np.concatenate(
+            [eligible[data.relevant[c, eligible]], drawn[~data.relevant[c, drawn]]]
+        )
+        x, y = bags[0]
+        rows = slice(start, start + len(items))
+        start += len(items)
+        expected = design(
+            meta,
+            data.normalised[c],
+            data.blended[c],
+            items,
+            data.states[c],
+            0,
+            data.launch_age_days[c],
+        )
+        assert np.array_equal(x[rows], expected)
+        assert np.array_equal(y[rows], data.relevant[c, items])
+    assert start == len(bags[0][1])
+    # The second bag drew other negatives but holds the same purchases.
+    assert bags[0][1].sum() == bags[1][1].sum() == data.relevant.sum()
+    assert not np.array_equal(bags[0][0], bags[1][0])
+
+
 def test_a_multiclass_or_categorical_model_is_refused() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((300, 2))
@@ -72,9 +136,10 @@ def test_a_multiclass_or_categorical_model_is_refused() -> None:
 
 
 def test_the_reranker_follows_the_estimator_contract() -> None:
-    model = Reranker(max_leaf_nodes=7, max_iter=30, random_state=3)
+    model = Reranker(max_depth=2, max_leaf_nodes=4, max_iter=30, random_state=3)
     assert model.get_params() == {
-        "max_leaf_nodes": 7,
+        "max_depth": 2,
+        "max_leaf_nodes": 4,
         "max_iter": 30,
         "learning_rate": 0.05,
         "random_state": 3,
@@ -183,8 +248,9 @@ def test_the_reranker_is_kept_when_it_beats_the_blend_out_of_sample() -> None:
     )
     summary = fitted.summary
     assert len(refits) == 2 and sum(refits) == 200  # each fold's blend on the other half
-    assert fitted.reranker is not None and summary["chosen"] is True
-    best = summary["cv_ndcg"][str(summary["max_leaf_nodes"])]
+    assert fitted.trees is not None and summary["chosen"] is True
+    assert summary["bags"] == 5 and summary["n_trees"] == len(fitted.trees["tree_feature"])
+    best = summary["cv_ndcg"][str(summary["max_depth"])]
     assert best > summary["blend_cv_ndcg"] + 0.3
     assert set(fitted.arrays) >= {"tree_feature", "groups", "depth"}
     # The exported trees rank a fresh sample of the same kind far better than the blend.
@@ -214,7 +280,7 @@ def test_the_blend_is_kept_when_the_trees_cannot_beat_it() -> None:
         negatives=20,
         seed=0,
     )
-    assert fitted.reranker is None and fitted.arrays == {}
+    assert fitted.trees is None and fitted.arrays == {}
     assert fitted.summary["chosen"] is False
     assert fitted.summary["blend_cv_ndcg"] == pytest.approx(1.0)
     assert "as high or higher" in fitted.summary["reason"]

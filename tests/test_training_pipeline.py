@@ -15,7 +15,7 @@ from segrec.bundle import load_from_bentoml, read_bundle
 from segrec.feature_store import open_store
 from segrec.settings import Settings
 from training.models.blend_fit import FLOORS
-from training.models.reranker import LEAVES
+from training.models.reranker import DEPTHS
 from training.train.evaluate import BLEND, LINEAR_BLEND, RANDOM
 from training.train.pipeline import (
     TrainingRun,
@@ -148,9 +148,9 @@ def test_the_reranker_is_chosen_on_validation_evaluated_and_exported(
     # On this seeded storefront the trees beat the blend out of sample (both cross-
     # validated on the same folds); a change that loses that shows here first.
     assert summary["chosen"] is True, summary
-    assert summary["cv_ndcg"][str(summary["max_leaf_nodes"])] > summary["blend_cv_ndcg"]
-    assert set(summary["cv_ndcg"]) == {str(size) for size in LEAVES}
-    assert summary["seed"] == settings.seed
+    assert summary["cv_ndcg"][str(summary["max_depth"])] > summary["blend_cv_ndcg"]
+    assert set(summary["cv_ndcg"]) == {str(depth) for depth in DEPTHS}
+    assert summary["seed"] == settings.seed and summary["bags"] == settings.rerank_bags
     # The blend's figure on the customers its weights were fitted on flatters it.
     assert summary["blend_ndcg_fitted_on_them"] > summary["blend_cv_ndcg"]
     for view, result in run.results.items():
@@ -228,7 +228,7 @@ def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
     assert sample["customers"] == 400 < sample["of_customers"]
     assert sample["seed"] == settings.seed and sample["max_customers"] == 400
     assert fitted.blender.single_ndcg_  # fitted on the sample
-    assert fitted.rerank.reranker is None and "SEGREC_RERANK" in fitted.rerank.summary["reason"]
+    assert fitted.rerank.trees is None and "SEGREC_RERANK" in fitted.rerank.summary["reason"]
     # Each blend group keeps min(its new-item customers, the minimum) in the main view.
     counted = fitted.blender.validation_customers_
     groups, everyone = np.unique(blend_groups(train, main[1]), return_counts=True)

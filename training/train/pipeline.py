@@ -421,6 +421,7 @@ def fit_blend(
             k=settings.eval_k,
             negatives=settings.rerank_negatives,
             seed=settings.seed,
+            bags=settings.rerank_bags,
         )
         seconds["rerank"] = time.perf_counter() - fitted
     return BlendFit(blender, summary, seconds, rerank)

@@ -204,13 +204,13 @@ def _bars_with_intervals(report: dict[str, Any], protocol: str) -> str:
 
 
 def _rerank_choice(report: dict[str, Any]) -> str:
-    """The re-ranker's cross-validated NDCG per tree size against the blend's, on the
+    """The re-ranker's cross-validated NDCG per tree depth against the blend's, on the
     same validation folds, and the blend on the customers its weights were fitted on."""
     rerank = report["rerank"]
-    names = [f"{size} leaves" for size in rerank["cv_ndcg"]]
+    names = [f"depth {depth}" for depth in rerank["cv_ndcg"]]
     values = list(rerank["cv_ndcg"].values())
     fig, ax = plt.subplots(figsize=(7, 3))
-    chosen = f"{rerank.get('max_leaf_nodes')} leaves" if rerank.get("chosen") else None
+    chosen = f"depth {rerank.get('max_depth')}" if rerank.get("chosen") else None
     ax.bar(names, values, color=["tab:red" if n == chosen else "tab:blue" for n in names])
     ax.axhline(rerank["blend_cv_ndcg"], color="black", label="blend, cross-validated")
     ax.axhline(
