@@ -411,10 +411,12 @@ class Settings(BaseSettings):
         "evaluated and served only when their cross-validated NDCG beats the blend's.",
     )
     rerank_depth: int = Field(
-        100,
+        50,
         ge=1,
         description="The blend's best candidates per customer the re-ranker reorders (in "
-        "training, evaluation and serving alike); the rest keep the blend's order after them.",
+        "training, evaluation and serving alike); the rest keep the blend's order after them. "
+        "Serving's cost of the re-ranker is proportional (cross-validated NDCG@10 on the "
+        "default data: 0.1424 at 50, 0.1437 at 100 for twice the work).",
     )
     rerank_negatives: int = Field(
         100,

@@ -32,6 +32,7 @@ from segrec.lifecycle import LifecycleRules
 from segrec.online_features import FeatureVector
 from segrec.rerank import rerank
 from segrec.scoring import EVENT_TYPES, CustomerState, score_candidates, unit_rows
+from segrec.trees import walk_arrays
 from serving.personalisation import Assignment, Personalisation
 from serving.tactics import NO_TACTICS, RULE_FEATURES, AppliedTactics, Catalogue
 
@@ -166,8 +167,12 @@ class RecommendationEngine:
         self.kinds = {name: str(self.model_arrays[name]["kind"]) for name in self.models}
         blend_group = bundle.group("blend")
         self.cold_weights = blend_group.get("cold_weights")
-        # The re-ranker, when training found one better than the blend on validation.
-        self.rerank_arrays = bundle.arrays.get("rerank")
+        # The re-ranker, when training found one better than the blend on validation,
+        # with its trees laid out for the walk once rather than on every request.
+        rerank_group = bundle.arrays.get("rerank")
+        self.rerank_arrays = (
+            None if rerank_group is None else {**rerank_group, **walk_arrays(rerank_group)}
+        )
         launch = [
             self.model_arrays[m]["launch_age_days"]
             for m in self.models

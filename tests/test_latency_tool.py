@@ -303,3 +303,29 @@ def test_the_stage_by_stage_replay_answers_what_the_engine_does(
         engine.personalisation = rules_in_force
     mismatch = {"requests": 5, "breakdown": {"replay_mismatches": 2, "mismatched_customers": ["a"]}}
     assert "REPLAY MISMATCH" in str(replay_failure(mismatch))
+
+
+def test_the_rerank_cost_tool_times_each_bundles_engine_and_one_without_trees(
+    trained_small: tuple[Settings, TrainingRun],
+) -> None:
+    """``python -m loadtests.rerank_cost``: an engine per bundle as serving builds it, one
+    without the re-ranker, interleaved rounds of the same requests."""
+    import pandas as pd
+
+    from loadtests.rerank_cost import WITHOUT, engines, measure
+    from serving.loading import open_reader
+
+    settings, run = trained_small
+    assert run.export is not None
+    reader = open_reader(settings)
+    named = engines(settings, [Path(run.export.bundle_dir)], reader)
+    assert list(named)[-1] == WITHOUT and len(named) == 2
+    with_trees = next(engine for name, engine in named.items() if name != WITHOUT)
+    assert with_trees.rerank_arrays is not None and "walk_children" in with_trees.rerank_arrays
+    assert named[WITHOUT].rerank_arrays is None
+    assert "trees of depth" in next(iter(named))
+    ids = pd.read_parquet(settings.features_dir / "customer_features.parquet")["customer_id"]
+    customers = ids.drop_duplicates().head(5).tolist()
+    features = dict(zip(customers, reader.read_many(customers), strict=True))
+    medians = measure(named, features, rounds=2)
+    assert set(medians) == set(named) and all(value > 0 for value in medians.values())

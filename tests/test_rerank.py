@@ -22,7 +22,7 @@ from segrec.rerank import (
     top_candidates,
 )
 from segrec.scoring import CustomerState
-from segrec.trees import BLOCK, tree_scores
+from segrec.trees import WALK_ELEMENTS, tree_scores, walk_arrays
 from tests.hand_trees import own_views_stump
 from training.models.reranker import (
     RerankData,
@@ -60,10 +60,14 @@ def test_exported_trees_score_exactly_as_scikit_learn(leaves: int) -> None:
     model = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=leaves, random_state=0)
     model.fit(x, y)
     arrays = export_trees(model)
-    test = rng.random((BLOCK + 500, 6))  # more rows than one block
+    block = WALK_ELEMENTS // len(arrays["tree_feature"])
+    test = rng.random((3 * block + 7, 6))  # several blocks and a part of one
     test[rng.random(test.shape) < 0.05] = np.nan
     assert np.allclose(tree_scores(arrays, test), model.decision_function(test), atol=1e-12)
     assert tree_scores(arrays, test[:0]).shape == (0,)
+    # Serving lays the trees out for the walk once; the scores are the same.
+    laid_out = {**arrays, **walk_arrays(arrays)}
+    assert np.array_equal(tree_scores(laid_out, test), tree_scores(arrays, test))
 
 
 def test_averaged_trees_score_the_mean_of_their_ensembles() -> None:

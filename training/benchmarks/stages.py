@@ -102,19 +102,19 @@ def _training_data(settings: Settings, side: str) -> Any:
     import pandas as pd
 
     from training.models.interactions import Interactions
-    from training.train.pipeline import _interactions, _split, load_segments
+    from training.train.pipeline import _interactions, _split, load_segments, segments_at
 
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
-    segment_of = load_segments(settings)["segment_id"].astype("int64")
     if side == "all":
         return Interactions.from_events(
             events,
             products=products,
             reference_time=pd.Timestamp(events["ts"].max()),
-            segments=segment_of,
+            segments=load_segments(settings)["segment_id"].astype("int64"),
         ), None
     split = _split(settings, events)
+    segment_of = segments_at(settings, split.validation)["segment_id"]
     return _interactions(split.validation, products, segment_of), split
 
 
@@ -136,7 +136,7 @@ def stage_model(settings: Settings, name: str) -> dict[str, Any]:
 def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
     import pandas as pd
 
-    from training.train.pipeline import earlier_windows, fit_blend, held_out, load_segments
+    from training.train.pipeline import earlier_windows, fit_blend, held_out
     from training.train.stacks import fit_models, make_models
 
     started = time.perf_counter()
@@ -144,8 +144,7 @@ def stage_blend(settings: Settings, events: int) -> dict[str, Any]:
     models = fit_models(make_models(settings), train)
     # The earlier validation windows make train pools, with their own models (untimed too).
     products = pd.read_parquet(settings.clean_dir / "products.parquet")
-    segment_of = load_segments(settings)["segment_id"].astype("int64")
-    earlier = earlier_windows(settings, split, products, segment_of, {})
+    earlier = earlier_windows(settings, split, products, {})
     prepared = time.perf_counter()
     main = held_out(split.validation, train, new_items_only=True, known_only=False)
     rep = held_out(split.validation, train, new_items_only=False, known_only=False)
