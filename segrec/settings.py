@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "segrec-development-secret-change-me"
@@ -374,6 +374,15 @@ class Settings(BaseSettings):
     )
     blend_max_seconds: float = Field(
         60.0, gt=0, description="Time budget for fitting all blend weights."
+    )
+    blend_pools: tuple[PositiveInt, ...] = Field(
+        (50, 400),
+        description="Each model's best items per validation customer pooled for the blend "
+        "fit's rankings, one nested level per size (training.models.validation_ndcg): exact, "
+        "so they set only the fit's speed. A customer a pool cannot settle goes to the next "
+        "wider one, then to the catalogue; a size is skipped on catalogues under twice it; "
+        "empty = rank over the catalogue (1e7 events, 20,256 items: 43 ms instead of 1.2 s "
+        "a weight vector).",
     )
     search_max_seconds: float = Field(
         90.0,

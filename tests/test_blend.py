@@ -10,14 +10,9 @@ from segrec.blend import blend, normalise, weights_for
 from segrec.filters import FilterRules
 from segrec.settings import Settings
 from tests.recommender_contract import TOY_END, checkerboard
-from training.models.blend_fit import (
-    SegmentBlender,
-    floored,
-    ndcg_at_k,
-    sample_customers,
-    top_k_rows,
-)
+from training.models.blend_fit import SegmentBlender, floored, sample_customers
 from training.models.interactions import Interactions
+from training.models.validation_ndcg import ndcg_at_k, top_k_rows
 from training.train.evaluate import blended_scores
 from training.train.stacks import (
     exclude,

@@ -59,49 +59,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from training.models.validation_ndcg import PooledScores
+
 FLOORS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)  # new-product floors tried, in order
-
-
-def ndcg_at_k(
-    scores: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, k: int
-) -> np.ndarray:
-    """NDCG@k per customer of ranking candidates by ``scores`` (customers, candidates):
-    binary relevance, log2 discount, ideal over ``min(n_relevant, k)`` hits (relevant items
-    outside the candidates still count in the ideal). Customers without relevant items: 0."""
-    m = scores.shape[1]
-    k = min(k, m)
-    top = top_k_rows(scores, k)
-    hits = np.take_along_axis(relevant, top, axis=1)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits * discounts).sum(axis=1)
-    ideal_hits = np.minimum(n_relevant, k).astype(int)
-    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[ideal_hits]
-    return np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
-
-
-def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` best of each row, best first, ties to the lower position (as
-    :func:`segrec.scoring.top_k`): a full stable sort's first ``k`` columns, found with a
-    partition, since the blend fit ranks every customer over the whole catalogue many times.
-    Rows where a tie straddles the k-th place are sorted in full, so the answer is exact.
-
-    >>> top_k_rows(np.array([[0.1, 0.9, 0.5, 0.9], [1.0, 1.0, 1.0, 0.0]]), 2).tolist()
-    [[1, 3], [0, 1]]
-    """
-    m = scores.shape[1]
-    if k >= m:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(scores, best, axis=1)
-    kth = values.min(axis=1)
-    # The k chosen are the row's k best unless other items tie with the k-th value; rows
-    # with NaN (sorted last by argsort, unordered by comparisons) are sorted in full too.
-    tied = ((scores >= kth[:, None]).sum(axis=1) > k) | np.isnan(scores).any(axis=1)
-    order = np.lexsort((best, -values), axis=-1)
-    top = np.take_along_axis(best, order, axis=1)
-    if tied.any():
-        top[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
-    return top
 
 
 class SegmentBlender(BaseEstimator):
@@ -125,6 +85,10 @@ class SegmentBlender(BaseEstimator):
         Column of the new-products model whose weight gets the validated floor.
     floor_tolerance : float, default=0.02
         Share of validation NDCG a floor may cost (see the module docstring).
+    pools : sequence of int, default=(50, 400)
+        Each model's best items per customer pooled for ranking, one nested level per size
+        (:class:`~training.models.validation_ndcg.PooledScores`): exact, so they only set
+        the speed; no pool on catalogues under twice the size.
     """
 
     def __init__(
@@ -138,6 +102,7 @@ class SegmentBlender(BaseEstimator):
         repeat_model: int | Sequence[int] | None = None,
         floor_model: int | None = None,
         floor_tolerance: float = 0.02,
+        pools: Sequence[int] = (50, 400),
     ) -> None:
         self.k = k
         self.min_customers = min_customers
@@ -147,6 +112,7 @@ class SegmentBlender(BaseEstimator):
         self.repeat_model = repeat_model
         self.floor_model = floor_model
         self.floor_tolerance = floor_tolerance
+        self.pools = pools
 
     def _repeat_columns(self) -> tuple[int, ...]:
         if self.repeat_model is None:
@@ -155,38 +121,42 @@ class SegmentBlender(BaseEstimator):
             return (int(self.repeat_model),)
         return tuple(int(c) for c in self.repeat_model)
 
-    def _value(
-        self, weights: np.ndarray, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray
-    ) -> float:
+    @staticmethod
+    def _value(weights: np.ndarray, scored: PooledScores) -> float:
         """Mean NDCG@k of one weight vector (models,) or one per customer (customers, models)."""
-        spec = "m,cmi->ci" if weights.ndim == 1 else "cm,cmi->ci"
-        blended = np.einsum(spec, weights, stack)
-        return float(ndcg_at_k(blended, relevant, n_relevant, self.k).mean())
+        return float(scored.ndcg(weights).mean())
 
-    def _start(self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    def _with_relevant(
+        self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: Any
+    ) -> tuple[PooledScores, np.ndarray]:
+        """The customers with at least one held-out item (the others cannot score NDCG),
+        pooled for ranking, and their segments."""
+        scored = PooledScores.build(stack, relevant, n_relevant, k=self.k, pools=self.pools)
+        keep = n_relevant > 0
+        segments = np.asarray(segments)
+        if keep.all():
+            return scored, segments
+        return scored.subset(keep), segments[keep]
+
+    def _start(self, scored: PooledScores) -> np.ndarray:
         """The best of each single model and equal weights (first wins ties)."""
-        n_models = stack.shape[1]
+        n_models = scored.scores.shape[1]
         held = self._repeat_columns()
         searched = [m for m in range(n_models) if m not in held]
         equal = np.zeros(n_models)
         equal[searched] = 1.0 / len(searched)
         starts = [np.eye(n_models)[m] for m in searched] + [equal]
-        values = [self._value(w, stack, relevant, n_relevant) for w in starts]
+        values = [self._value(w, scored) for w in starts]
         return starts[int(np.argmax(values))]
 
     def _search(
-        self,
-        stack: np.ndarray,
-        relevant: np.ndarray,
-        n_relevant: np.ndarray,
-        deadline: float,
-        start: np.ndarray,
+        self, scored: PooledScores, deadline: float, start: np.ndarray
     ) -> tuple[np.ndarray, float]:
-        n_models = stack.shape[1]
+        n_models = scored.scores.shape[1]
         held = np.zeros(n_models, dtype=bool)
         held[list(self._repeat_columns())] = True
         weights = start.copy()
-        best = self._value(weights, stack, relevant, n_relevant)
+        best = self._value(weights, scored)
         steps = np.linspace(0.0, 1.0, self.grid)
         for _ in range(self.rounds):
             improved = False
@@ -206,7 +176,7 @@ class SegmentBlender(BaseEstimator):
                         fill = free.astype(np.float64)
                         rest = fill / max(fill.sum(), 1.0) * (1 - step)
                     trial = np.insert(rest, model, step)
-                    score = self._value(trial, stack, relevant, n_relevant)
+                    score = self._value(trial, scored)
                     if score > best + 1e-9:
                         best, weights, improved = score, trial, True
             if not improved:
@@ -243,17 +213,13 @@ class SegmentBlender(BaseEstimator):
         if not 0 <= self.floor_tolerance < 1:
             raise ValueError("floor_tolerance must be in [0, 1)")
         deadline = time.perf_counter() + self.max_seconds
-        stack, relevant, n_relevant, segments = _with_relevant(
-            stack, relevant, n_relevant, segments
-        )
+        scored, segments = self._with_relevant(stack, relevant, n_relevant, segments)
+        self.pooled_ = scored.pooled
         self.single_ndcg_ = [
-            round(self._value(np.eye(stack.shape[1])[m], stack, relevant, n_relevant), 5)
-            for m in range(stack.shape[1])
+            round(self._value(np.eye(stack.shape[1])[m], scored), 5) for m in range(stack.shape[1])
         ]
-        start = self._start(stack, relevant, n_relevant)
-        self.global_weights_, self.global_ndcg_ = self._search(
-            stack, relevant, n_relevant, deadline, start
-        )
+        start = self._start(scored)
+        self.global_weights_, self.global_ndcg_ = self._search(scored, deadline, start)
         self.segment_ids_ = np.unique(segments)
         weights, self.validation_ndcg_, self.backed_off_, self.validation_customers_ = (
             [],
@@ -268,20 +234,20 @@ class SegmentBlender(BaseEstimator):
                 weights.append(self.global_weights_)
                 self.backed_off_.append(int(segment))
                 continue
-            part = stack[chosen], relevant[chosen], n_relevant[chosen]
-            global_value = self._value(self.global_weights_, *part)
-            fitted, fitted_value = self._search(*part, deadline, self.global_weights_)
-            single = self._start(*part)
-            single_value = self._value(single, *part)
+            part = scored.subset(chosen)
+            global_value = self._value(self.global_weights_, part)
+            fitted, fitted_value = self._search(part, deadline, self.global_weights_)
+            single = self._start(part)
+            single_value = self._value(single, part)
             if fitted_value < single_value:
                 # Coordinate ascent from the global weights can stall below a single
                 # model of the segment: search again from that model.
-                fitted, fitted_value = self._search(*part, deadline, single)
+                fitted, fitted_value = self._search(part, deadline, single)
             # Shrink towards the global weights by how much data the segment has: a segment
             # just over the minimum is mostly global, a large one mostly its own.
             share = chosen.sum() / (chosen.sum() + self.min_customers)
             final = share * fitted + (1 - share) * self.global_weights_
-            value = self._value(final, *part)
+            value = self._value(final, part)
             if value < single_value:
                 # Mixing in the global weights can bury a model whose scores separate by
                 # little (new arrivals for trend followers): shrinking guards against
@@ -297,7 +263,7 @@ class SegmentBlender(BaseEstimator):
         self.new_product_floor_ = 0.0
         self.floor_ndcg_: dict[str, float] = {}
         if self.floor_model is not None:
-            self._fit_floor(stack, relevant, n_relevant, segments)
+            self._fit_floor(scored, segments)
         self.repeat_share_: dict[str, float] = {}
         if self.repeat_model is not None and repeats is not None:
             self._fit_repeat_share(*repeats)
@@ -318,9 +284,7 @@ class SegmentBlender(BaseEstimator):
         every combination of grid shares summing to at most 1 is tried jointly (ties: the
         smallest total share). ``repeat_share_`` holds the first model's share under
         ``global`` and each segment id, a later model's under ``<column>:<key>``."""
-        stack, relevant, n_relevant, segments = _with_relevant(
-            stack, relevant, n_relevant, segments
-        )
+        scored, segments = self._with_relevant(stack, relevant, n_relevant, segments)
         columns = self._repeat_columns()
         units = np.eye(stack.shape[1])[list(columns)]
         steps = np.linspace(0.0, 1.0, self.grid)
@@ -331,8 +295,8 @@ class SegmentBlender(BaseEstimator):
             return (1 - shares.sum()) * base + shares @ units
 
         def best_shares(base: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-            part = stack[chosen], relevant[chosen], n_relevant[chosen]
-            values = [self._value(mixed(base, c), *part) for c in combos]
+            part = scored.subset(chosen)
+            values = [self._value(mixed(base, c), part) for c in combos]
             return combos[int(np.argmax(values))]
 
         def record(key: str, shares: np.ndarray) -> None:
@@ -340,7 +304,7 @@ class SegmentBlender(BaseEstimator):
                 prefix = "" if position == 0 else f"{column}:"
                 self.repeat_share_[f"{prefix}{key}"] = round(float(share), 4)
 
-        overall = best_shares(self.global_weights_, np.ones(len(stack), dtype=bool))
+        overall = best_shares(self.global_weights_, np.ones(len(scored), dtype=bool))
         record("global", overall)
         for row, segment in enumerate(self.segment_ids_):
             chosen = segments == segment
@@ -353,9 +317,7 @@ class SegmentBlender(BaseEstimator):
             self.segment_weights_[row] = mixed(self.segment_weights_[row], shares)
         self.global_weights_ = mixed(self.global_weights_, overall)
 
-    def _fit_floor(
-        self, stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: np.ndarray
-    ) -> None:
+    def _fit_floor(self, scored: PooledScores, segments: np.ndarray) -> None:
         """Raise the new-products model's weight to the largest floor validation allows."""
         column = self.floor_model
         assert column is not None
@@ -363,7 +325,7 @@ class SegmentBlender(BaseEstimator):
         values = {}
         for floor in FLOORS:
             per_customer = floored(self._per_customer(segments), column, floor)
-            values[floor] = self._value(per_customer, stack, relevant, n_relevant)
+            values[floor] = self._value(per_customer, scored)
         self.floor_ndcg_ = {str(f): round(v, 5) for f, v in values.items()}
         best = max(values.values())
         allowed = [
@@ -447,14 +409,3 @@ def _allocate(sizes: np.ndarray, total: int, minimum: int) -> np.ndarray:
     remainder = np.where(fixed, -1.0, share - counts)
     counts[np.argsort(-remainder, kind="stable")[: free - counts[~fixed].sum()]] += 1
     return counts
-
-
-def _with_relevant(
-    stack: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, segments: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The customers with at least one held-out item: the others cannot score NDCG. No
-    copy when every customer has one (the stacks are large)."""
-    keep = n_relevant > 0
-    if keep.all():
-        return stack, relevant, n_relevant, np.asarray(segments)
-    return stack[keep], relevant[keep], n_relevant[keep], np.asarray(segments)[keep]

@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 from segrec.rerank import Candidates, candidates, design, reorder
 from segrec.scoring import CustomerState
 from segrec.trees import TREE_ARRAYS, tree_scores
-from training.models.blend_fit import ndcg_at_k
+from training.models.validation_ndcg import ndcg_at_k
 
 # Tree depths tried by cross-validation, each tree with up to 2**depth leaves. Serving
 # walks one level per step for every tree, so its cost is trees x depth: capped trees

@@ -16,7 +16,8 @@ from segrec.rerank import rerank
 from segrec.scoring import CustomerState
 from training.evaluation.metrics import RunMetrics, evaluate_run
 from training.evaluation.oracle import ORACLE, ORACLE_LABEL
-from training.models.blend_fit import SegmentBlender, top_k_rows
+from training.models.blend_fit import SegmentBlender
+from training.models.validation_ndcg import top_k_rows
 from training.train.stacks import EXCLUDED
 
 BLEND = "blend"  # what serving ranks by: the linear blend, re-ranked when a re-ranker fits

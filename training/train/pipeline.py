@@ -378,6 +378,7 @@ def fit_blend(
         k=settings.eval_k,
         min_customers=settings.blend_min_customers,
         max_seconds=settings.blend_max_seconds,
+        pools=settings.blend_pools,
         repeat_model=[names.index(m) for m in (REPEAT_MODEL, INTEREST_MODEL) if m in names],
         floor_model=names.index(NEW_PRODUCT_MODEL),
         floor_tolerance=settings.blend_new_arrivals_tolerance,
@@ -388,6 +389,7 @@ def fit_blend(
         "windows": len(windows),
         **counts,
         "stack_mb": round((pooled[0].nbytes + val[0].nbytes) / 2**20),
+        "ranked_over_pools": blender.pooled_,
     }
     fitted = time.perf_counter()
     seconds = {"score": scored - started, "fit": fitted - scored}

@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.base import clone
 
 from training.models.base import Recommender
-from training.models.blend_fit import ndcg_at_k
 from training.models.interactions import EventWeights, Interactions
+from training.models.validation_ndcg import ndcg_at_k
 from training.train.stacks import exclude, score_stack, seen_mask
 
 VIEWS_ONLY = EventWeights(add_to_cart=0.0, purchase=0.0, rating=0.0)
