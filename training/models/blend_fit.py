@@ -294,8 +294,7 @@ class SegmentBlender(BaseEstimator):
         def mixed(base: np.ndarray, shares: np.ndarray) -> np.ndarray:
             return (1 - shares.sum()) * base + shares @ units
 
-        def best_shares(base: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-            part = scored.subset(chosen)
+        def best_shares(base: np.ndarray, part: PooledScores) -> np.ndarray:
             values = [self._value(mixed(base, c), part) for c in combos]
             return combos[int(np.argmax(values))]
 
@@ -304,13 +303,13 @@ class SegmentBlender(BaseEstimator):
                 prefix = "" if position == 0 else f"{column}:"
                 self.repeat_share_[f"{prefix}{key}"] = round(float(share), 4)
 
-        overall = best_shares(self.global_weights_, np.ones(len(scored), dtype=bool))
+        overall = best_shares(self.global_weights_, scored)
         record("global", overall)
         for row, segment in enumerate(self.segment_ids_):
             chosen = segments == segment
             shares = overall
             if int(segment) not in self.backed_off_ and chosen.sum() >= self.min_customers:
-                own = best_shares(self.segment_weights_[row], chosen)
+                own = best_shares(self.segment_weights_[row], scored.subset(chosen))
                 data_share = chosen.sum() / (chosen.sum() + self.min_customers)
                 shares = data_share * own + (1 - data_share) * overall
             record(str(int(segment)), shares)
