@@ -14,7 +14,9 @@ newest ``history_events`` events count (serving holds the newest
 ``SEGREC_ONLINE_HISTORY_EVENTS``), so training sees what serving sees.
 
 Arrays (the bundle's ``rerank`` group): the tree arrays of :mod:`segrec.trees`, plus
-``groups`` (blend group ids, one-hot features in this order), ``depth``,
+``groups`` (blend group ids, one-hot features in this order), ``reranked_groups`` (the
+groups whose customers are re-ranked; the others keep the blend's order, training
+decides which: :func:`training.models.reranker.fit_reranker`), ``depth``,
 ``history_events``, ``trend_days`` and ``reference_unix`` (when the launch ages were
 measured).
 
@@ -143,9 +145,10 @@ def _for(value: np.ndarray | Sequence[np.ndarray], customer: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Candidates:
     """What the trees score for some customers: each one's blend top ``depth`` (best
-    first), the movable items among them (not ``unseen``), and the movable items'
-    feature rows, every customer's stacked in order. They do not depend on the trees,
-    so training builds them once and scores them with each re-ranker it tries."""
+    first; none for a customer whose group is not in ``reranked_groups``), the movable
+    items among them (not ``unseen``), and the movable items' feature rows, every
+    customer's stacked in order. They do not depend on the trees, so training builds
+    them once and scores them with each re-ranker it tries."""
 
     top: list[np.ndarray]
     movable: list[np.ndarray]
@@ -163,7 +166,12 @@ def candidates(
 ) -> Candidates:
     """:class:`Candidates` of every customer (arguments as :func:`rerank`'s)."""
     depth = int(arrays["depth"])
-    top = [top_candidates(np.asarray(blended[c]), depth) for c in range(len(blended))]
+    reranked = np.isin(np.asarray(groups, dtype=np.int64), arrays["reranked_groups"])
+    # Customers left out have no top at all: their scores stay the blend's to the bit.
+    top = [
+        top_candidates(np.asarray(blended[c]), depth) if reranked[c] else np.zeros(0, np.int64)
+        for c in range(len(blended))
+    ]
     movable = [items[~_for(unseen, c)[items]] for c, items in enumerate(top)]
     rows = [
         design(
@@ -209,6 +217,7 @@ def rerank(
     whatever serving adds to them (the page's context, session boosts, tactics) weighs
     as much as before. Items past the depth, and excluded ones, keep their blend scores.
 
+    Customers whose blend group is not in ``reranked_groups`` keep the blend's order.
     Products nobody interacted with in training (``unseen``, bool per item) keep their
     slot in the blend's order: validation holds few of them and the trees learned to bury
     them, while the blend's new-product floor gives them their place on purpose.

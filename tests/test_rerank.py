@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 import segrec.rerank
 import segrec.trees
 import training.models.reranker
+from segrec.blend import COLD_START
 from segrec.rerank import (
     CUSTOMER_FEATURES,
     customer_features,
@@ -31,12 +33,14 @@ from training.models.reranker import (
     bagged_rows,
     export_trees,
     fit_reranker,
+    gate_groups,
 )
 
 
 def _meta(groups: tuple[int, ...] = (-2, 0, 1), depth: int = 20) -> dict[str, np.ndarray]:
     return {
         "groups": np.array(groups),
+        "reranked_groups": np.array(groups),
         "depth": np.asarray(depth),
         "history_events": np.asarray(100),
         "trend_days": np.asarray(42.0),
@@ -209,6 +213,27 @@ def test_rerank_reorders_the_top_keeps_unseen_slots_and_the_rest_behind() -> Non
     assert top_candidates(blended[0], 4).tolist() == [0, 1, 2, 3]
 
 
+def test_customers_of_groups_left_out_keep_the_blends_order() -> None:
+    """The same customer re-ranked in group 0 and left in the blend's order in group 1,
+    which the arrays leave out; training, evaluation and serving all go through this."""
+    n_items = 8
+    arrays = own_views_stump(_meta(depth=4), ["a"], [-2, 0, 1], reranked_groups=[-2, 0])
+    blended = np.tile([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.2, 0.3], (2, 1))
+    normalised = blended[:, None, :].copy()
+    state = CustomerState(items=[3], types=[0], age_days=[1.0])
+    scores = rerank(
+        arrays,
+        normalised,
+        blended,
+        [state, state],
+        [0, 1],
+        np.zeros(n_items),
+        np.zeros(n_items, bool),
+    )
+    assert np.argsort(-scores[0], kind="stable")[:4].tolist() == [3, 0, 1, 2]
+    assert scores[1].tolist() == blended[1].tolist()
+
+
 def _staples_case(n_customers: int, seed: int) -> RerankData:
     """Customers buy the items they viewed at least twice; the blend (random scores over
     two models) knows nothing of that, so only the re-ranker's own-views feature does."""
@@ -288,3 +313,75 @@ def test_the_blend_is_kept_when_the_trees_cannot_beat_it() -> None:
     assert fitted.summary["chosen"] is False
     assert fitted.summary["blend_cv_ndcg"] == pytest.approx(1.0)
     assert "as high or higher" in fitted.summary["reason"]
+
+
+def test_groups_where_the_trees_lose_beyond_the_interval_keep_the_blends_order() -> None:
+    """Group 0 buys what it viewed twice (the trees' own-views feature knows, the random
+    blend does not). Group 1's blend ranks its purchases first and its customers never
+    buy what they viewed twice; no one-hot names groups 0 and 1, so trees learnt mostly
+    on group 0 move the wrong items up there. Cold start (staples again) is left out
+    unless ``cold_start``."""
+    data = _staples_case(300, seed=4)
+    groups = np.repeat([0, 1, COLD_START], [200, 60, 40])
+    rng = np.random.default_rng(5)
+    relevant = data.relevant.copy()
+    blended = data.blended.copy()
+    for c in np.flatnonzero(groups == 1):
+        relevant[c] = False
+        bought = rng.choice(np.flatnonzero(~data.relevant[c]), 3, replace=False)
+        relevant[c, bought] = True
+        blended[c, bought] = blended[c].max() + 0.01  # the blend's first three
+    case = RerankData(
+        **{
+            **data.__dict__,
+            "relevant": relevant,
+            "n_relevant": relevant.sum(axis=1),
+            "blended": blended,
+            "groups": groups,
+        }
+    )
+    options: dict[str, Any] = {
+        "refit_blend": lambda rows: blended,
+        "k": 10,
+        "negatives": 20,
+        "seed": 0,
+        "depths": (2,),
+    }
+    fitted = fit_reranker(case, _meta((COLD_START,), depth=40), **options)
+    by_group = fitted.summary["cv_by_group"]
+    assert fitted.summary["chosen"] is True
+    assert by_group["1"]["difference"][2] < 0
+    assert by_group["1"] | {"is_reranked": False} == by_group["1"]
+    assert by_group["1"]["reason"] == "loses beyond the interval"
+    assert by_group["0"]["is_reranked"] and by_group["0"]["difference"][1] > 0
+    assert by_group[str(COLD_START)]["reason"] == "cold start"
+    assert fitted.arrays["reranked_groups"].tolist() == [0]
+    # Judged as served: customers left out count at the blend's NDCG.
+    served = sum(
+        g["customers"] * (g["reranked"] if g["is_reranked"] else g["blend"])
+        for g in by_group.values()
+    )
+    assert fitted.summary["cv_ndcg_gated"] == pytest.approx(served / 300, abs=1e-4)
+    # What the summary says is what scoring does: group 1 and cold start keep the blend.
+    scores = rerank(
+        fitted.arrays,
+        case.normalised,
+        blended,
+        case.states,
+        groups.tolist(),
+        case.launch_age_days,
+        case.unseen,
+    )
+    assert np.array_equal(scores[groups != 0], blended[groups != 0])
+    assert not np.array_equal(scores[groups == 0], blended[groups == 0])
+    # Cold start re-ranked when asked: it is staples, where the trees win.
+    with_cold = fit_reranker(case, _meta((COLD_START, 0, 1), depth=40), cold_start=True, **options)
+    assert with_cold.arrays["reranked_groups"].tolist() == [COLD_START, 0]
+
+
+def test_gate_groups_reports_every_group_and_keeps_ties() -> None:
+    groups = np.repeat([3, 4], 40)
+    blend = np.tile([0.1, 0.3], 40)
+    kept, why = gate_groups(blend, blend, groups, confidence=0.95, cold_start=False, seed=1)
+    assert kept.tolist() == [3, 4]  # a tie is no evidence against the trees
+    assert why["3"]["difference"] == [0.0, 0.0, 0.0] and why["3"]["customers"] == 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import importlib
@@ -315,3 +316,47 @@ def test_the_reranker_in_the_bundle_reorders_the_served_blend(
         reranking._rerank_lifts([customer], [False], np.zeros((1, 1, 1)), np.zeros((1, 1)), now)
         is None
     )
+
+
+def test_blend_groups_the_reranker_leaves_out_are_served_the_blends_order(
+    engine: RecommendationEngine, trained_small: tuple[Settings, TrainingRun]
+) -> None:
+    """The bundle's ``reranked_groups`` decides who is re-ranked when served, as in the
+    evaluation: customers of a group left out get the plain blend's answer, exactly."""
+    settings, _ = trained_small
+    groups = [COLD_START, NO_SEGMENT, *engine.bundle.segment_model.segment_ids.tolist()]
+    now = engine.clock().timestamp()
+    customer_ids = _segments(settings)["customer_id"].iloc[:40].tolist()
+    group_of = {
+        c: engine._group(engine._customer(engine.features.read_many([c])[0], now))
+        for c in customer_ids
+    }
+    left_out = collections.Counter(group_of.values()).most_common(1)[0][0]
+    meta = {
+        "depth": np.asarray(50),
+        "history_events": np.asarray(settings.online_history_events),
+        "trend_days": np.asarray(42.0),
+        "reference_unix": np.asarray(now),
+        "unseen": np.zeros(len(engine.product_ids), bool),
+    }
+    stump = own_views_stump(
+        meta, engine.models, groups, reranked_groups=[g for g in groups if g != left_out]
+    )
+    arrays = {k: v for k, v in engine.bundle.arrays.items() if k != "rerank"}
+    plain, gated = (
+        RecommendationEngine(
+            dataclasses.replace(engine.bundle, arrays=extra), engine.features, clock=engine.clock
+        )
+        for extra in (arrays, {**arrays, "rerank": stump})
+    )
+    moved = 0
+    for customer_id in customer_ids:
+        served = gated.recommend(customer_id, k=10)
+        baseline = plain.recommend(customer_id, k=10)
+        ids = [i["product_id"] for i in served.items]
+        if group_of[customer_id] == left_out:
+            assert ids == [i["product_id"] for i in baseline.items], customer_id
+            assert all(i["contributions"].get("reranker", 0.0) == 0.0 for i in served.items)
+        else:
+            moved += ids != [i["product_id"] for i in baseline.items]
+    assert moved >= 3  # the others are re-ranked

@@ -424,6 +424,8 @@ def fit_blend(
             negatives=settings.rerank_negatives,
             seed=settings.seed,
             bags=settings.rerank_bags,
+            group_confidence=settings.rerank_group_confidence,
+            cold_start=settings.rerank_cold_start,
         )
         seconds["rerank"] = time.perf_counter() - fitted
     return BlendFit(blender, summary, seconds, rerank)

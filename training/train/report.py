@@ -229,6 +229,36 @@ def _rerank_choice(report: dict[str, Any]) -> str:
     return png_base64(fig)
 
 
+def _rerank_groups(report: dict[str, Any]) -> str:
+    """Per blend group, the re-ranker's cross-validated NDCG minus the blend's with its
+    paired interval, and whether the group is re-ranked."""
+    by_group = report["rerank"]["cv_by_group"]
+    names = list(by_group)
+    estimate, low, high = np.array([by_group[g]["difference"] for g in names]).T
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.4 * len(names)))
+    for row, group in enumerate(names):
+        kept = by_group[group]["is_reranked"]
+        ax.errorbar(
+            estimate[row],
+            row,
+            xerr=[[estimate[row] - low[row]], [high[row] - estimate[row]]],
+            fmt="o",
+            color="tab:blue" if kept else "tab:red",
+            capsize=3,
+        )
+    ax.axvline(0, color="black", linewidth=0.8)
+    labels = [
+        f"{g} ({by_group[g]['customers']})"
+        + ("" if by_group[g]["is_reranked"] else f": {by_group[g]['reason']}")
+        for g in names
+    ]
+    ax.set_yticks(range(len(names)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"re-ranked minus blend, cross-validated NDCG@{report['k']}")
+    ax.set_title("Re-ranker per blend group (-2 cold start, -1 unsegmented; red: not re-ranked)")
+    return png_base64(fig)
+
+
 def _by_segment(report: dict[str, Any], protocol: str) -> str:
     table = report["protocols"][protocol]["by_group"]["segment_name"]
     segments = list(table)
@@ -356,6 +386,8 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
     figures.append(("Blend weights", _blend_weights(report)))
     if report["rerank"].get("cv_ndcg"):
         figures.append(("Re-ranker", _rerank_choice(report)))
+    if report["rerank"].get("cv_by_group"):
+        figures.append(("Re-ranker per blend group", _rerank_groups(report)))
     tables = f"<p>{html.escape(describe_oracle(report['oracle']))}</p>"
     for protocol, body in report["protocols"].items():
         rows = "".join(
