@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segrec.blend import COLD_START
 from segrec.bundle import load_from_bentoml, read_bundle
 from segrec.feature_store import open_store
 from segrec.settings import Settings
@@ -173,7 +174,23 @@ def test_the_reranker_is_chosen_on_validation_evaluated_and_exported(
     end = pd.read_parquet(settings.clean_dir / "events.parquet")["ts"].max()
     assert float(rerank["reference_unix"]) == pytest.approx(end.timestamp())
     json_path, _ = write_reports(run, settings)
-    assert json.loads(json_path.read_text())["rerank"] == summary
+    report = json.loads(json_path.read_text())
+    assert report["rerank"] == summary
+    # Who is re-ranked: cold start is left in the blend's order (SEGREC_RERANK_COLD_START
+    # is off), every group is named, and the bundle holds what the summary says.
+    by_group = summary["cv_by_group"]
+    assert (
+        by_group[str(COLD_START)] | {"is_reranked": False, "name": "cold start"}
+        == (by_group[str(COLD_START)])
+    )
+    assert all(entry["name"] and "difference" in entry for entry in by_group.values())
+    kept = sorted(int(g) for g, entry in by_group.items() if entry["is_reranked"])
+    assert rerank["reranked_groups"].tolist() == kept == summary["reranked_groups"]
+    # ... and the evaluation agrees: test cold-start customers score as the weights alone.
+    for view in ("filtered", "repeats_allowed", "new_items"):
+        cold = report["protocols"][view]["by_group"]["cold_start"]["True"]
+        assert cold["n_customers"] > 0
+        assert cold[BLEND] == pytest.approx(cold[LINEAR_BLEND], abs=1e-12), view
 
 
 def test_the_bundle_round_trips_with_numpy_and_through_bentoml(

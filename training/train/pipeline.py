@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from segrec.blend import COLD_START, COLD_START_EVENTS
+from segrec.blend import COLD_START, COLD_START_EVENTS, NO_SEGMENT
 from segrec.scoring import EVENT_TYPES, CustomerState
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
@@ -431,6 +431,18 @@ def fit_blend(
     return BlendFit(blender, summary, seconds, rerank)
 
 
+def name_groups(by_group: dict[str, dict[str, Any]], segments: pd.DataFrame) -> None:
+    """Add each blend group's name (its segment's, "cold start" or "unsegmented") to
+    its entry of a summary keyed by group id."""
+    named = segments.dropna(subset=["segment_id"]).drop_duplicates("segment_id")
+    names = {
+        int(i): str(n) for i, n in zip(named["segment_id"], named["segment_name"], strict=True)
+    }
+    names |= {COLD_START: "cold start", NO_SEGMENT: "unsegmented"}
+    for group, entry in by_group.items():
+        entry["name"] = names.get(int(group), f"segment {group}")
+
+
 def rerank_meta(settings: Settings, groups: np.ndarray) -> dict[str, np.ndarray]:
     """The re-ranker's arrays other than its trees (:mod:`segrec.rerank`)."""
     return {
@@ -486,6 +498,7 @@ def run_training(
     rep = held_out(split.validation, train, new_items_only=False, known_only=False)
     earlier = earlier_windows(settings, split, products, tuned.best)
     fitted = fit_blend(settings, models, train, main, rep, earlier)
+    name_groups(fitted.rerank.summary.get("cv_by_group", {}), segments["validation"])
     blender = fitted.blender
     reranker = fitted.rerank.arrays or None
     lap("fit_blend")

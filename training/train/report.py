@@ -248,14 +248,14 @@ def _rerank_groups(report: dict[str, Any]) -> str:
         )
     ax.axvline(0, color="black", linewidth=0.8)
     labels = [
-        f"{g} ({by_group[g]['customers']})"
+        f"{by_group[g].get('name', g)} ({by_group[g]['customers']})"
         + ("" if by_group[g]["is_reranked"] else f": {by_group[g]['reason']}")
         for g in names
     ]
     ax.set_yticks(range(len(names)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(f"re-ranked minus blend, cross-validated NDCG@{report['k']}")
-    ax.set_title("Re-ranker per blend group (-2 cold start, -1 unsegmented; red: not re-ranked)")
+    ax.set_title("Re-ranker per blend group (validation customers; red: not re-ranked)")
     return png_base64(fig)
 
 
