@@ -33,9 +33,11 @@ Groups and the array names both sides use (other groups and arrays may be added)
 - ``popularity``: top lists as item indices, e.g. ``global_top``, ``segment_top``
   (one row per ``segment_ids``).
 - ``rerank`` (only when training kept a re-ranker): the boosted trees and their feature
-  settings, as :mod:`segrec.rerank` and :mod:`segrec.trees` read them.
+  settings, as :mod:`segrec.rerank` and :mod:`segrec.trees` read them
+  (:data:`segrec.rerank.ARRAYS`).
 
-:meth:`Bundle.validate` checks ``items`` and ``blend`` against these rules when present.
+:meth:`Bundle.validate` checks ``items``, ``blend`` and ``rerank`` against these rules
+when present.
 Arrays must have a plain dtype (bool, numbers, fixed-width unicode or bytes, datetime);
 object arrays are refused, so convert ids with :func:`unicode_ids`. Arrays read back are
 read-only: serving shares them between requests.
@@ -91,6 +93,7 @@ from typing import Any
 import numpy as np
 
 from segrec import __version__
+from segrec.rerank import ARRAYS as RERANK_ARRAYS
 from segrec.segment_model import ARRAYS_FILE as SEGMENT_ARRAYS_FILE
 from segrec.segment_model import META_FILE as SEGMENT_META_FILE
 from segrec.segment_model import SegmentModel, SegmentModelError
@@ -104,6 +107,7 @@ DEFAULT_MODEL_NAME = "segrec_bundle"
 REQUIRED_VERSIONS = ("data", "features", "models")  # "segments" comes from the segment model
 
 ITEMS, BLEND, FILTERS, POPULARITY = "items", "blend", "filters", "popularity"
+RERANK = "rerank"
 MODEL_GROUP_PREFIX = "models/"
 
 _GROUP_NAME = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)*$")
@@ -222,6 +226,7 @@ class Bundle:
                 _check_array(group, name, array)
         self._check_items()
         self._check_blend()
+        self._check_rerank()
 
     def _check_items(self) -> None:
         items = self.arrays.get(ITEMS)
@@ -238,6 +243,15 @@ class Bundle:
                     f"items[{name!r}] has shape {array.shape}: every items array needs one "
                     f"row per product ({len(ids)})"
                 )
+
+    def _check_rerank(self) -> None:
+        rerank = self.arrays.get(RERANK)
+        absent = [] if rerank is None else [key for key in RERANK_ARRAYS if key not in rerank]
+        if absent:
+            # Refused when loaded rather than failing every request that would re-rank.
+            raise BundleError(
+                f"rerank is missing {absent}: written by an older segrec, retrain to serve it"
+            )
 
     def _check_blend(self) -> None:
         blend = self.arrays.get(BLEND)

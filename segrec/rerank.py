@@ -17,8 +17,8 @@ Arrays (the bundle's ``rerank`` group): the tree arrays of :mod:`segrec.trees`, 
 ``groups`` (blend group ids, one-hot features in this order), ``reranked_groups`` (the
 groups whose customers are re-ranked; the others keep the blend's order, training
 decides which: :func:`training.models.reranker.fit_reranker`), ``depth``,
-``history_events``, ``trend_days`` and ``reference_unix`` (when the launch ages were
-measured).
+``history_events``, ``trend_days``, ``reference_unix`` (when the launch ages were
+measured) and ``unseen`` (items nobody interacted with in training): :data:`ARRAYS`.
 
 Features of one candidate, in order (:func:`feature_names`): each model's normalised
 score, the blend score, the customer's share of views of items launched less than
@@ -34,9 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from segrec.scoring import EVENT_TYPES, CustomerState
-from segrec.trees import tree_scores
+from segrec.trees import TREE_ARRAYS, tree_scores
 
 VIEW = EVENT_TYPES.index("view")
+# Every array the bundle's ``rerank`` group must hold (the trees' own besides).
+ARRAYS = (
+    "groups",
+    "reranked_groups",
+    "depth",
+    "history_events",
+    "trend_days",
+    "reference_unix",
+    "unseen",
+    *TREE_ARRAYS,
+)
 CUSTOMER_FEATURES = ("trend_view_share", "repeat_view_share", "log_events")
 SLOT_STEP = 1e-9  # score decrement per re-ranked slot: strict order, ties impossible
 

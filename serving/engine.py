@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from segrec.blend import COLD_START, COLD_START_EVENTS, NO_SEGMENT, blend, normalise
-from segrec.bundle import Bundle
+from segrec.bundle import RERANK, Bundle
 from segrec.experiments import BLEND
 from segrec.filters import FilterRules
 from segrec.lifecycle import LifecycleRules
@@ -169,7 +169,7 @@ class RecommendationEngine:
         self.cold_weights = blend_group.get("cold_weights")
         # The re-ranker, when training found one better than the blend on validation,
         # with its trees laid out for the walk once rather than on every request.
-        rerank_group = bundle.arrays.get("rerank")
+        rerank_group = bundle.arrays.get(RERANK)
         self.rerank_arrays = (
             None if rerank_group is None else {**rerank_group, **walk_arrays(rerank_group)}
         )

@@ -320,6 +320,14 @@ def test_object_array_is_rejected_at_write(tmp_path: Path) -> None:
         ("Bad Group", "x", np.ones(1), "group name 'Bad Group'"),
         ("filters", "not-an-identifier", np.ones(1), "Python identifiers"),
         ("filters", "plain_list", [1, 2], "not a numpy array"),
+        # A re-ranker without the arrays this segrec reads (one written before the
+        # per-group gate, say) is refused, not left to fail every request it would rank.
+        (
+            "rerank",
+            "depth",
+            np.asarray(50),
+            r"rerank is missing \['groups', 'reranked_groups', 'history_events'.*retrain",
+        ),
     ],
 )
 def test_inconsistent_bundle_is_rejected_at_write(

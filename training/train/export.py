@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segrec.blend import COLD_START, weights_for
-from segrec.bundle import Bundle, save_to_bentoml, unicode_ids, write_bundle
+from segrec.bundle import RERANK, Bundle, save_to_bentoml, unicode_ids, write_bundle
 from segrec.erasure import SuppressionList
 from segrec.filters import FilterRules
 from segrec.scoring import PURCHASE
@@ -132,7 +132,7 @@ def build_bundle(
     if rerank:
         # Launch ages (the new-arrivals model's) are as of the data's end: serving shifts
         # them by the time since, so "launched within trend_days of a view" holds as here.
-        arrays["rerank"] = {
+        arrays[RERANK] = {
             **{name: np.asarray(value) for name, value in rerank.items()},
             "reference_unix": np.asarray(data.reference_time.timestamp()),
             "unseen": np.bincount(data.item, minlength=data.n_items) == 0,
