@@ -67,6 +67,13 @@ def test_reports_hold_intervals_groups_and_weights(trained: tuple[Settings, Trai
     report = json.loads(json_path.read_text())
     new_items = report["protocols"]["new_items"]
     assert set(new_items["intervals"]["als"]["blend_minus_model"]) >= {"estimate", "low", "high"}
+    # "Twice popularity" is read off a paired ratio: the blend's mean over the model's.
+    summary = new_items["summary"]
+    ratio = new_items["intervals"]["popularity"]["blend_over_model"]
+    assert ratio["estimate"] == pytest.approx(
+        summary[BLEND]["means"]["ndcg"] / summary["popularity"]["means"]["ndcg"], rel=1e-9
+    )
+    assert ratio["low"] < ratio["estimate"] < ratio["high"]
     assert {"segment_name", "lifecycle", "cold_start"} == set(new_items["by_group"])
     assert report["blend"]["global"] and report["split"]["protocol"] == "temporal"
     # The blend search starts from the best single model: never worse on validation, and

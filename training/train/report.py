@@ -13,6 +13,7 @@ import numpy as np
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
 from training.evaluation.oracle import describe as describe_oracle
+from training.experiments.statistics import bootstrap_ratio_interval
 from training.html_report import html_page, json_ready, png_base64
 from training.models.blend_fit import SegmentBlender
 from training.train.evaluate import (
@@ -29,7 +30,8 @@ GROUPS = ("segment_name", "lifecycle", "cold_start")
 
 
 def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
-    """Per model: NDCG@k with a bootstrap interval, and the blend minus it (paired)."""
+    """Per model: NDCG@k with a bootstrap interval, the blend minus it and the blend's
+    mean over its mean ("2x popularity"), both paired: the same customers resampled."""
     blend = result.runs[BLEND].per_customer["ndcg"]
     out = {}
     for name, run in result.runs.items():
@@ -39,8 +41,16 @@ def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
             entry["blend_minus_model"] = paired_bootstrap(
                 blend, values, random_state=seed
             ).to_dict()
+            entry["blend_over_model"] = _ratio(blend, values, seed)
         out[name] = entry
     return out
+
+
+def _ratio(blend: np.ndarray, model: np.ndarray, seed: int) -> dict[str, Any]:
+    """The blend's mean NDCG over the model's with a paired customer-resampling interval
+    (NaN where the model scores 0 throughout)."""
+    both = ~(np.isnan(blend) | np.isnan(model))
+    return bootstrap_ratio_interval(blend[both], model[both], random_state=seed).to_dict()
 
 
 def validation_best_single(blender: SegmentBlender, model_names: list[str]) -> str:
