@@ -354,7 +354,7 @@ def test_groups_where_the_trees_lose_beyond_the_interval_keep_the_blends_order()
     assert by_group["1"] | {"is_reranked": False} == by_group["1"]
     assert by_group["1"]["reason"] == "loses beyond the interval"
     assert by_group["0"]["is_reranked"] and by_group["0"]["difference"][1] > 0
-    assert by_group[str(COLD_START)]["reason"] == "cold start"
+    assert by_group[str(COLD_START)]["reason"] == "SEGREC_RERANK_COLD_START is off"
     assert fitted.arrays["reranked_groups"].tolist() == [0]
     # Judged as served: customers left out count at the blend's NDCG.
     served = sum(

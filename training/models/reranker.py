@@ -273,7 +273,7 @@ def gate_groups(
     >>> kept, why = gate_groups(reranked, blend, groups, confidence=0.95,
     ...                         cold_start=False, seed=0)
     >>> kept.tolist(), why["2"]["reason"], why[str(COLD_START)]["reason"]
-    ([1], 'loses beyond the interval', 'cold start')
+    ([1], 'loses beyond the interval', 'SEGREC_RERANK_COLD_START is off')
     """
     kept, why = [], {}
     for group in np.unique(groups).tolist():
@@ -290,7 +290,7 @@ def gate_groups(
             ],
         }
         if group == COLD_START and not cold_start:
-            entry.update(is_reranked=False, reason="cold start")
+            entry.update(is_reranked=False, reason="SEGREC_RERANK_COLD_START is off")
         elif difference.high < 0:
             entry.update(is_reranked=False, reason="loses beyond the interval")
         else:
