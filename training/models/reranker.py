@@ -382,13 +382,15 @@ def fit_reranker(
         seed=seed,
     )
     gated = np.where(np.isin(data.groups, reranked_groups), per_depth[best], blend_per)
+    chosen = float(gated.mean()) > blend_cv
     summary.update(
         group_confidence=group_confidence,
         reranked_groups=reranked_groups.tolist(),
         cv_ndcg_gated=round(float(gated.mean()), 5),
+        chosen=chosen,
+        max_depth=best,
+        max_leaf_nodes=2**best,
     )
-    chosen = float(gated.mean()) > blend_cv
-    summary.update(chosen=chosen, max_depth=best, max_leaf_nodes=2**best)
     meta["reranked_groups"] = reranked_groups
     if not chosen:
         summary.update(reason="the blend's cross-validated NDCG is as high or higher", n_trees=0)

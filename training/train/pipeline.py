@@ -56,6 +56,7 @@ SEGMENTS_FILE = "customer_segments.parquet"
 REPEAT_MODEL = "buy_again"  # its blend weight is fitted where repeats count
 INTEREST_MODEL = "interest"  # likewise, after buy-again: it only scores items already seen
 NEW_PRODUCT_MODEL = "new_arrivals"  # gets the validated new-product floor
+UNSEGMENTED = "Unsegmented"  # the segment name of customers without one, in every table
 
 
 def blend_groups(data: Interactions, customers: np.ndarray) -> np.ndarray:
@@ -432,13 +433,13 @@ def fit_blend(
 
 
 def name_groups(by_group: dict[str, dict[str, Any]], segments: pd.DataFrame) -> None:
-    """Add each blend group's name (its segment's, "cold start" or "unsegmented") to
-    its entry of a summary keyed by group id."""
+    """Add each blend group's name (its segment's, "cold start" or :data:`UNSEGMENTED`,
+    as the evaluation's tables call it) to its entry of a summary keyed by group id."""
     named = segments.dropna(subset=["segment_id"]).drop_duplicates("segment_id")
     names = {
         int(i): str(n) for i, n in zip(named["segment_id"], named["segment_name"], strict=True)
     }
-    names |= {COLD_START: "cold start", NO_SEGMENT: "unsegmented"}
+    names |= {COLD_START: "cold start", NO_SEGMENT: UNSEGMENTED}
     for group, entry in by_group.items():
         entry["name"] = names.get(int(group), f"segment {group}")
 
@@ -700,10 +701,10 @@ def _groups(
         rows.append(
             {
                 "customer_id": customer,
-                "segment": int(segment) if pd.notna(segment) else -1,
+                "segment": int(segment) if pd.notna(segment) else NO_SEGMENT,
                 "segment_name": known["segment_name"].iloc[row]
                 if pd.notna(known["segment_name"].iloc[row])
-                else "Unsegmented",
+                else UNSEGMENTED,
                 "lifecycle": known["lifecycle_stage"].iloc[row]
                 if pd.notna(known["lifecycle_stage"].iloc[row])
                 else "Unknown",

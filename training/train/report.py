@@ -41,16 +41,12 @@ def _intervals(result: RankingResult, seed: int) -> dict[str, Any]:
             entry["blend_minus_model"] = paired_bootstrap(
                 blend, values, random_state=seed
             ).to_dict()
-            entry["blend_over_model"] = _ratio(blend, values, seed)
+            # NaN (null in the JSON) where the model scores 0 throughout.
+            entry["blend_over_model"] = bootstrap_ratio_interval(
+                blend, values, random_state=seed
+            ).to_dict()
         out[name] = entry
     return out
-
-
-def _ratio(blend: np.ndarray, model: np.ndarray, seed: int) -> dict[str, Any]:
-    """The blend's mean NDCG over the model's with a paired customer-resampling interval
-    (NaN where the model scores 0 throughout)."""
-    both = ~(np.isnan(blend) | np.isnan(model))
-    return bootstrap_ratio_interval(blend[both], model[both], random_state=seed).to_dict()
 
 
 def validation_best_single(blender: SegmentBlender, model_names: list[str]) -> str:
