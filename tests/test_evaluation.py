@@ -702,9 +702,63 @@ def test_oracle_purchase_chances_are_calibrated(tiny_world: oracle.GeneratorOrac
     assert bought[likely].sum() / rounds == pytest.approx(chance[likely].sum(), rel=0.12)
 
 
+def test_the_observed_oracle_knows_only_what_the_views_show(
+    tiny_world: oracle.GeneratorOracle,
+) -> None:
+    """The observed-tastes oracle: a staple counts once viewed; category preferences are
+    the Dirichlet posterior given the views (the prior's when there are none, the truth
+    given views enough); a product launching after the cut is trending from the cut."""
+    from training.data.synthetic.catalogue import CATEGORIES
+
+    world = tiny_world.world
+    pop, cat = world.population, world.catalogue
+    launch = cat.launch.astype(np.int64)
+    product = int(np.argsort(launch)[len(launch) // 2])  # launched mid-history
+    cut = int(launch[product]) - 10 * 86400
+    persona = pop.persona
+    # Two customers of one persona, with different true tastes.
+    shared = np.flatnonzero(np.bincount(persona) >= 3)[0]
+    heavy, silent, another = np.flatnonzero(persona == shared)[:3]
+    staples = pop.staples[heavy]
+    true_preferences = np.diff(pop.category_cdf[heavy], prepend=0.0)
+    true_preferences[-1] = 1.0 - pop.category_cdf[heavy][-2]
+    # 10^5 views spread as the true preferences, on one product per category, and two
+    # of the five staples viewed.
+    one_per_category = np.array(
+        [np.flatnonzero(cat.category == c)[0] for c in range(len(CATEGORIES))]
+    )
+    views = np.repeat(one_per_category, np.round(true_preferences * 100_000).astype(int))
+    views = np.concatenate([views, staples[:2]])
+    observed = oracle.Observed(cut=cut, views={"h": views})
+    seen = oracle.GeneratorOracle(world, {}, observed)
+    rows = seen._records(np.array([heavy, silent]), ["h", "s"])
+    truth = tiny_world._records(np.array([heavy, silent]))
+
+    expected_staples = np.zeros(cat.n)
+    np.add.at(expected_staples, staples, 1.0 / len(staples))
+    expected_staples[np.setdiff1d(staples, staples[:2])] = 0.0
+    np.testing.assert_allclose(rows.staples[0], expected_staples)
+    assert rows.staples[1].sum() == 0.0  # nothing viewed: no staple known
+    np.testing.assert_allclose(rows.category[0], truth.category[0], rtol=1e-3, atol=1e-5)
+    # Without views, tastes are the prior's: the same for everyone of a persona.
+    prior = seen._records(np.array([silent, another]), ["s", "nobody"]).category
+    np.testing.assert_allclose(prior[0], prior[1])
+    assert not np.allclose(truth.category[1], prior[0])
+    with pytest.raises(ValueError, match="clean id"):
+        seen._records(np.array([heavy]))
+
+    # A product launching 10 days after the cut: the full oracle never shows it before
+    # then; the observed one, like the models at the cut, takes it as launched at the cut.
+    t = cut + 3600
+    full_chance = tiny_world.view_probabilities(truth, t, np.arange(cat.n))[:, product]
+    seen_chance = seen.view_probabilities(rows, t, np.arange(cat.n))[:, product]
+    assert (full_chance == 0).all() and (seen_chance > 0).all()
+
+
 def test_the_oracle_ranks_above_every_model_on_the_tiny_storefront(tiny: Dataset) -> None:
     """The ceiling on real clean data: the replayed generator, its ids mapped through
-    cleaning, beats popularity and random, and no trained model beats it."""
+    cleaning, beats popularity and random, and no trained model beats it; nor does the
+    observed-tastes oracle, which knows less."""
     from segrec.settings import Settings
     from training.models.interactions import Interactions
     from training.train.pipeline import held_out
@@ -726,9 +780,12 @@ def test_the_oracle_ranks_above_every_model_on_the_tiny_storefront(tiny: Dataset
     models = fit_models(make_models(Settings(seed=SEED)), before)
     stack = score_stack(models, before, index)
     truth = found.scores(ids, before.items)
+    both = found.rows(ids, before.items)
+    np.testing.assert_array_equal(both[oracle.ORACLE], truth)
     rng = np.random.default_rng(SEED)
     rankings = {name: stack[:, m] for m, name in enumerate(models)}
     rankings |= {"oracle": truth, "random": rng.random(truth.shape)}
+    rankings["observed"] = both[oracle.OBSERVED_ORACLE]
     relevant = dict(zip(ids, held, strict=True))
     k = 10
     lists = {n: np.argsort(-s, axis=1, kind="stable")[:, :k] for n, s in rankings.items()}
@@ -741,9 +798,10 @@ def test_the_oracle_ranks_above_every_model_on_the_tiny_storefront(tiny: Dataset
         assert paired_bootstrap(ndcg["oracle"], ndcg[baseline], random_state=SEED).low > 0
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     expected_dcg = {n: np.take_along_axis(truth, top, 1) @ discount for n, top in lists.items()}
-    for name in models:
+    for name in [*models, "observed"]:
         # In expectation (DCG under the true chances) never beaten, customer by customer;
-        # on the one realised window, no model is better beyond sampling noise.
+        # on the one realised window, no model (nor the observed-tastes oracle) is better
+        # beyond sampling noise.
         assert (expected_dcg["oracle"] >= expected_dcg[name] - 1e-12).all(), name
         assert paired_bootstrap(ndcg[name], ndcg["oracle"], random_state=SEED).low < 0, name
 

@@ -28,7 +28,7 @@ from training.train.pipeline import (
     held_out,
     segments_at,
 )
-from training.train.report import write_reports
+from training.train.report import report_dict, write_reports
 from training.train.search import GRIDS
 from training.train.stacks import fit_models, make_models
 
@@ -294,9 +294,9 @@ def test_earlier_validation_windows_are_pooled_for_the_blend(
 
 def test_the_generators_oracle_is_the_ceiling_row(trained: tuple[Settings, TrainingRun]) -> None:
     """Synthetic data with a known seed: every view has the oracle row (the generator's
-    true preferences), measured on the same customers, and the report says where it came
-    from."""
-    from training.evaluation.oracle import ORACLE
+    true preferences) and the observed-tastes row, measured on the same customers, and
+    the report says where they came from and sets the blend beside them."""
+    from training.evaluation.oracle import OBSERVED_ORACLE, ORACLE
 
     settings, run = trained
     assert run.oracle["available"] and run.oracle["seed"] == settings.seed
@@ -304,5 +304,30 @@ def test_the_generators_oracle_is_the_ceiling_row(trained: tuple[Settings, Train
     for view in ("new_items", "repeats_allowed", "filtered"):
         runs = run.results[view].runs
         assert runs[ORACLE].n_customers == runs[BLEND].n_customers
+        assert runs[OBSERVED_ORACLE].n_customers == runs[BLEND].n_customers
         assert runs[ORACLE].means["ndcg"] > runs["popularity"].means["ndcg"]
         assert runs[ORACLE].means["ndcg"] > runs[RANDOM].means["ndcg"]
+    assert run.oracle["observed"]["customers_with_views"] > 0
+    # The blend beside both oracles by the same yardsticks; the blend's own figures are
+    # the ones the rest of the report gives.
+    report = report_dict(run, settings)
+    for view, body in report["protocols"].items():
+        ceilings = body["ceilings"]
+        assert set(ceilings["methods"]) == {BLEND, ORACLE, OBSERVED_ORACLE}, view
+        blend = ceilings["methods"][BLEND]
+        assert blend["over_popularity"] == body["intervals"]["popularity"]["blend_over_model"]
+        tally = body["segments_vs_best_single"]["vs_overall_best"]
+        assert blend["vs_overall_best"] == {
+            "ahead": tally["blend_ahead"],
+            "ahead_beyond_interval": tally["blend_ahead_beyond_interval"],
+            "behind_beyond_interval": tally["blend_behind_beyond_interval"],
+            "of": body["segments_vs_best_single"]["of"],
+        }
+        popularity = body["summary"]["popularity"]["means"]["ndcg"]
+        for name in (ORACLE, OBSERVED_ORACLE):
+            ratio = ceilings["methods"][name]["over_popularity"]["estimate"]
+            if popularity:
+                mean = body["summary"][name]["means"]["ndcg"]
+                assert ratio == pytest.approx(mean / popularity, rel=1e-9)
+            else:  # new products: popularity never finds one, so no ratio
+                assert math.isnan(ratio), view

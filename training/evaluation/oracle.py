@@ -29,6 +29,17 @@ maximises every customer's expected DCG@k (given that they buy at all, as evalua
 customers do), and expected NDCG@k up to how its normaliser varies with the number of
 items bought. Only for data made by the generator (seed, size and end date recorded,
 the same generator version) and the temporal protocol (a window in time to buy in).
+
+A second row, the **observed-tastes oracle**, is the same calculation with the hidden
+knowledge no model could have at the cut replaced by what the events before it show
+(:class:`Observed`): a staple counts only once the customer has viewed it; category
+preferences are the posterior mean of the generator's own symmetric Dirichlet prior
+(concentration ``category_focus``) given the customer's views per category; a product
+launching inside the window is taken as launched at the cut, as the models see it. It
+still knows each customer's persona (visit rate, funnel, repeat and trend shares, price
+band), which segmentation recovers, and the products' popularity, which the data
+estimates well. Its figures say what a model that had learnt the generator's structure
+could reach: the ceiling the data leaves open, below the full oracle's.
 """
 
 from __future__ import annotations
@@ -60,6 +71,11 @@ from training.models.interactions import IdVocabulary
 
 ORACLE = "oracle"
 ORACLE_LABEL = "oracle (generator's true preferences)"
+OBSERVED_ORACLE = "oracle_observed"
+OBSERVED_ORACLE_LABEL = (
+    "observed-tastes oracle (true persona; staples, tastes and launches as seen at the cut)"
+)
+ORACLES = (ORACLE, OBSERVED_ORACLE)
 BLOCK_CELLS = 2_000_000  # customers x products scored at once (bounds memory)
 
 
@@ -72,6 +88,20 @@ def _draw_probabilities(cdf: np.ndarray) -> np.ndarray:
     pdf = np.diff(cdf, prepend=0.0, axis=-1)
     pdf[..., -1] = 1.0 - cdf[..., -2]
     return pdf
+
+
+def dirichlet_posterior_mean(counts: np.ndarray, concentration: np.ndarray) -> np.ndarray:
+    """Rows of category shares: the posterior mean of a symmetric Dirichlet prior with
+    per-row ``concentration`` (the generator's ``category_focus``) given ``counts``.
+
+    Examples
+    --------
+    >>> dirichlet_posterior_mean(np.array([[3.0, 0.0], [0.0, 0.0]]), np.array([0.5, 2.0]))
+    array([[0.875, 0.125],
+           [0.5  , 0.5  ]])
+    """
+    prior = np.asarray(concentration, dtype=np.float64)[:, None]
+    return (counts + prior) / (counts.sum(1, keepdims=True) + prior * counts.shape[1])
 
 
 def customer_records(
@@ -100,6 +130,41 @@ def customer_records(
 
 
 @dataclass(frozen=True)
+class Observed:
+    """What the events before the cut show of each clean customer: the products they
+    viewed (catalogue positions, a view each) and the cut, epoch seconds."""
+
+    cut: int
+    views: Mapping[str, np.ndarray]
+
+
+def observed_views(events: pd.DataFrame, cut: pd.Timestamp, product_ids: np.ndarray) -> Observed:
+    """:class:`Observed` from clean events: views before ``cut`` of the generator's
+    products (``product_ids``, catalogue order), grouped by clean customer id.
+
+    Examples
+    --------
+    >>> events = pd.DataFrame({
+    ...     "customer_id": ["c1", "c1", "c2", "c1"], "product_id": ["B", "A", "B", "A"],
+    ...     "type": ["view", "view", "purchase", "view"],
+    ...     "ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-02", "2026-02-01"],
+    ...                          utc=True)})
+    >>> seen = observed_views(events, pd.Timestamp("2026-01-15", tz="UTC"), np.array(["A", "B"]))
+    >>> {c: v.tolist() for c, v in seen.views.items()}
+    {'c1': [1, 0]}
+    """
+    views = events[(events["type"] == "view") & (events["ts"] < cut)]
+    position = pd.Index(product_ids).get_indexer(views["product_id"].astype(object))
+    known = position >= 0
+    customers = views["customer_id"].astype(str).to_numpy()[known]
+    groups = pd.Series(position[known]).groupby(customers, sort=True)
+    return Observed(
+        cut=int(pd.Timestamp(cut).timestamp()),
+        views={str(c): p.to_numpy(dtype=np.int64) for c, p in groups},
+    )
+
+
+@dataclass(frozen=True)
 class _Records:
     """Customer-side parameters of a block of generator records (rows)."""
 
@@ -123,13 +188,22 @@ class GeneratorOracle:
         The replayed catalogue and population.
     records : mapping of str to ndarray
         Clean customer id -> population positions (:func:`customer_records`).
+    observed : Observed or None, default=None
+        With it, the observed-tastes oracle (module docstring): staples, category
+        preferences and launches as the events before ``observed.cut`` show them.
     """
 
-    def __init__(self, world: World, records: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, world: World, records: Mapping[str, np.ndarray], observed: Observed | None = None
+    ) -> None:
         self.world = world
         self.records = dict(records)
+        self.observed = observed
         cat = world.catalogue
         self.launch = cat.launch.astype(np.int64)
+        if observed is not None:
+            # At the cut a later launch is a product without history, "new" as of now.
+            self.launch = np.minimum(self.launch, observed.cut)
         self.group = cat.category * N_BANDS + cat.band
         n_groups = len(CATEGORIES) * N_BANDS
         group_weight = np.bincount(self.group, weights=cat.popularity, minlength=n_groups)
@@ -148,7 +222,9 @@ class GeneratorOracle:
             self.leader[g] = members[np.argmin(self.launch[members])]
         self.stock = np.where(cat.in_stock, 1.0, OUT_OF_STOCK_CART_FACTOR)
 
-    def _records(self, positions: np.ndarray) -> _Records:
+    def _records(self, positions: np.ndarray, owners: Sequence[str] = ()) -> _Records:
+        """Parameters of the generator records at ``positions``; ``owners`` (their clean
+        ids) are needed by the observed-tastes oracle, which reads their views."""
         pop, n = self.world.population, self.world.catalogue.n
         persona = pop.persona[positions]
         rows = len(positions)
@@ -156,10 +232,22 @@ class GeneratorOracle:
         np.add.at(
             staples, (np.repeat(np.arange(rows), N_STAPLES), pop.staples[positions].ravel()), 1.0
         )
+        preferences = _draw_probabilities(pop.category_cdf[positions])
+        if self.observed is not None:
+            if len(owners) != rows:
+                raise ValueError("the observed-tastes oracle needs each record's clean id")
+            views = [self.observed.views.get(str(o), np.zeros(0, np.int64)) for o in owners]
+            seen = np.zeros((rows, n), dtype=bool)
+            seen[np.repeat(np.arange(rows), [len(v) for v in views]), np.concatenate(views)] = True
+            staples *= seen
+            counts = np.zeros_like(preferences)
+            for row, viewed in enumerate(views):
+                counts[row] = np.bincount(
+                    self.world.catalogue.category[viewed], minlength=len(CATEGORIES)
+                )
+            preferences = dirichlet_posterior_mean(counts, _persona("category_focus")[persona])
         bands = _draw_probabilities(np.cumsum(np.array([p.price_band_probs for p in PERSONAS]), 1))
-        cell = (
-            _draw_probabilities(pop.category_cdf[positions])[:, :, None] * bands[persona][:, None]
-        )
+        cell = preferences[:, :, None] * bands[persona][:, None]
         group = cell.reshape(rows, -1) @ self.group_map
         return _Records(
             p_repeat=_persona("p_repeat")[persona],
@@ -255,7 +343,8 @@ class GeneratorOracle:
             flat = np.concatenate(positions) if positions else np.zeros(0, np.int64)
             if not len(flat):
                 continue
-            hazard = self._hazard(self._records(flat), start_s, end_s)
+            owners = [str(ids[int(o)]) for o in owner]
+            hazard = self._hazard(self._records(flat, owners), start_s, end_s)
             summed = np.zeros((len(ids), n_products))
             np.add.at(summed, owner, hazard)
             out[first : first + len(ids)][:, column[known]] = 1.0 - np.exp(-summed[:, known])
@@ -264,14 +353,24 @@ class GeneratorOracle:
 
 @dataclass(frozen=True)
 class WindowOracle:
-    """The oracle for one evaluation window: ``scores(customer_ids, items)``."""
+    """The oracles for one evaluation window: ``scores(customer_ids, items)`` for the full
+    one, ``rows`` for every one there is (the report's rows, by name)."""
 
     oracle: GeneratorOracle
     start: pd.Timestamp
     end: pd.Timestamp
+    observed: GeneratorOracle | None = None
 
     def scores(self, customer_ids: Sequence[str], items: IdVocabulary) -> np.ndarray:
         return self.oracle.purchase_probability(customer_ids, items, self.start, self.end)
+
+    def rows(self, customer_ids: Sequence[str], items: IdVocabulary) -> dict[str, np.ndarray]:
+        out = {ORACLE: self.scores(customer_ids, items)}
+        if self.observed is not None:
+            out[OBSERVED_ORACLE] = self.observed.purchase_probability(
+                customer_ids, items, self.start, self.end
+            )
+        return out
 
 
 def load_oracle(
@@ -307,6 +406,7 @@ def load_oracle(
         )
     start = split.test.reference_time
     window = pd.Timedelta(days=float(split.params["test_days"]))
+    observed = observed_views(split.test.train, start, world.catalogue.product_ids)
     info.update(
         available=True,
         seed=seed,
@@ -319,8 +419,22 @@ def load_oracle(
         live_events_in_table=(manifest.get("live_events") or {}).get("in_table", 0),
         window=[start.isoformat(), (start + window).isoformat()],
         scores="P(at least one purchase in the test window), from the replayed generator",
+        observed={
+            "name": OBSERVED_ORACLE_LABEL,
+            "knows": "each customer's persona (visit rate, funnel, repeat and trend shares, "
+            "price band) and the products' popularity",
+            "from_the_data": "staples only once viewed before the cut; category preferences "
+            "as the Dirichlet posterior mean given the views before the cut; launches after "
+            "the cut as at the cut",
+            "customers_with_views": len(observed.views),
+        },
     )
-    return WindowOracle(GeneratorOracle(world, records), start, start + window), info
+    return WindowOracle(
+        GeneratorOracle(world, records),
+        start,
+        start + window,
+        observed=GeneratorOracle(world, records, observed),
+    ), info
 
 
 def describe(info: Mapping[str, Any]) -> str:
@@ -332,5 +446,8 @@ def describe(info: Mapping[str, Any]) -> str:
     return (
         f"{ORACLE_LABEL}: the generator's true purchase probabilities in the test window "
         f"(seed {info['seed']}, size {info['size']}, generator v{info['generator_version']}, "
-        f"data version {info['data_version']}); the ceiling no model reaches in expectation."
+        f"data version {info['data_version']}); the ceiling no model reaches in expectation. "
+        f"{OBSERVED_ORACLE_LABEL}: the same, with staples, category preferences and launches "
+        "as the events before the cut show them: what a model that had learnt the "
+        "generator's structure could reach."
     )

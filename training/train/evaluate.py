@@ -15,7 +15,12 @@ from segrec.filters import FilterRules
 from segrec.rerank import rerank
 from segrec.scoring import CustomerState
 from training.evaluation.metrics import RunMetrics, evaluate_run
-from training.evaluation.oracle import ORACLE, ORACLE_LABEL
+from training.evaluation.oracle import (
+    OBSERVED_ORACLE,
+    OBSERVED_ORACLE_LABEL,
+    ORACLE,
+    ORACLE_LABEL,
+)
 from training.models.blend_fit import SegmentBlender
 from training.models.validation_ndcg import top_k_rows
 from training.train.stacks import EXCLUDED
@@ -27,6 +32,7 @@ SCORE_BINS = np.linspace(0.0, 1.0, 21)
 OTHER_SAMPLE = 200  # non-relevant items sampled per customer for the score histograms
 METHOD_LABELS = {  # how tables name methods whose key says too little
     ORACLE: ORACLE_LABEL,
+    OBSERVED_ORACLE: OBSERVED_ORACLE_LABEL,
     LINEAR_BLEND: "blend weights alone (before the re-ranker)",
 }
 

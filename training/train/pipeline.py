@@ -24,7 +24,7 @@ from segrec.blend import COLD_START, COLD_START_EVENTS, NO_SEGMENT
 from segrec.scoring import EVENT_TYPES, CustomerState
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
-from training.evaluation.oracle import ORACLE, WindowOracle, load_oracle
+from training.evaluation.oracle import WindowOracle, load_oracle
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
 from training.laps import Laps
 from training.models.base import Recommender
@@ -624,8 +624,8 @@ def _view_chunks(
 ) -> Iterator[ViewChunk]:
     """``view``'s customers ``rows`` at a time: every model's scores (items the customer
     interacted with excluded when ``new_only``), relevant items, blend groups, purchase
-    histories when ``bought`` (for the business filters), the oracle's chances times
-    its eligible items, and with ``states`` the customers' events (for the re-ranker)."""
+    histories when ``bought`` (for the business filters), the oracles' chances times
+    their eligible items, and with ``states`` the customers' events (for the re-ranker)."""
     ids, index, held = view
     launch = launch_age_days(data) if states else None
     for lo in range(0, len(ids), rows):
@@ -635,7 +635,8 @@ def _view_chunks(
             exclude(stack, seen_mask(data, part), copy=False)
         extra = None
         if oracle is not None:
-            extra = {ORACLE: oracle[0].scores(ids[lo : lo + rows], data.items) * oracle[1]}
+            rows_by_name = oracle[0].rows(ids[lo : lo + rows], data.items)
+            extra = {name: scores * oracle[1] for name, scores in rows_by_name.items()}
         yield ViewChunk(
             stack=stack,
             relevant=relevant_mask(held[lo : lo + rows], data.n_items),

@@ -12,6 +12,7 @@ import numpy as np
 
 from segrec.settings import Settings
 from training.evaluation.intervals import bootstrap_ci, paired_bootstrap
+from training.evaluation.oracle import ORACLES
 from training.evaluation.oracle import describe as describe_oracle
 from training.experiments.statistics import bootstrap_ratio_interval
 from training.html_report import html_page, json_ready, png_base64
@@ -113,18 +114,67 @@ def _tally(segments: dict[str, Any], key: str) -> dict[str, int]:
     }
 
 
+def ceilings(
+    result: RankingResult,
+    overall_best: str,
+    seed: int,
+    *,
+    baseline: str = "popularity",
+    column: str = "segment_name",
+) -> dict[str, Any]:
+    """The blend and each oracle row present, measured by the same yardsticks: the mean
+    over ``baseline``'s as a paired ratio with its interval, and per segment the paired
+    difference from ``overall_best``. An oracle's interval says what the test window
+    could show at all: where even a ceiling's reaches below a yardstick, no model's
+    can be expected to clear it."""
+    labels = result.groups.set_index("customer_id")[column]
+    best = result.runs[overall_best].to_frame()["ndcg"]
+    out: dict[str, Any] = {}
+    for name in (BLEND, *ORACLES):
+        if name not in result.runs:
+            continue
+        ours = result.runs[name].to_frame()["ndcg"]
+        segments = {
+            str(segment): paired_bootstrap(
+                ours.loc[members].to_numpy(), best.loc[members].to_numpy(), random_state=seed
+            ).to_dict()
+            for segment, members in labels.groupby(labels).groups.items()
+        }
+        entry: dict[str, Any] = {
+            "ndcg": round(float(ours.mean()), 5),
+            "minus_overall_best": paired_bootstrap(
+                ours.to_numpy(), best.loc[ours.index].to_numpy(), random_state=seed
+            ).to_dict(),
+            "segments_minus_overall_best": segments,
+            "vs_overall_best": {
+                "ahead": sum(d["estimate"] > 0 for d in segments.values()),
+                "ahead_beyond_interval": sum(d["low"] > 0 for d in segments.values()),
+                "behind_beyond_interval": sum(d["high"] < 0 for d in segments.values()),
+                "of": len(segments),
+            },
+        }
+        if baseline in result.runs:
+            entry[f"over_{baseline}"] = bootstrap_ratio_interval(
+                result.runs[name].per_customer["ndcg"],
+                result.runs[baseline].per_customer["ndcg"],
+                random_state=seed,
+            ).to_dict()
+        out[name] = entry
+    return {"overall_best_single_model": overall_best, "baseline": baseline, "methods": out}
+
+
 def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     protocols: dict[str, Any] = {}
+    overall_best = validation_best_single(run.blender, run.model_names)
     for protocol, result in run.results.items():
         protocols[protocol] = {
             "summary": result.summary(),
             "intervals": _intervals(result, settings.seed),
             "segments_vs_best_single": segments_against_best_single(
-                result,
-                run.model_names,
-                settings.seed,
-                overall_best=validation_best_single(run.blender, run.model_names),
+                result, run.model_names, settings.seed, overall_best=overall_best
             ),
+            # The blend beside the oracles, by the same yardsticks (synthetic data only).
+            "ceilings": ceilings(result, overall_best, settings.seed),
             "by_group": {
                 column: json.loads(result.by_group(column).round(5).to_json(orient="index"))
                 for column in GROUPS
@@ -317,6 +367,39 @@ def _segment_differences(report: dict[str, Any], protocol: str) -> str:
     return png_base64(fig)
 
 
+def _ceilings(report: dict[str, Any], protocol: str) -> str:
+    body = report["protocols"][protocol]["ceilings"]
+    methods = body["methods"]
+    baseline = body["baseline"]
+    names = list(methods)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4))
+    ratios = [methods[n][f"over_{baseline}"] for n in names]
+    estimate = np.array([r["estimate"] for r in ratios])
+    errors = [estimate - [r["low"] for r in ratios], [r["high"] for r in ratios] - estimate]
+    labels = [METHOD_LABELS.get(n, n).split(" (")[0] for n in names]
+    left.bar(labels, estimate, yerr=errors, capsize=4, color="tab:red")
+    left.axhline(2.0, color="black", linestyle="--", linewidth=0.8, label="2x")
+    left.set_ylabel(f"NDCG@{report['k']} over {baseline}")
+    left.set_title("mean over popularity's (paired 95% interval)", fontsize=9)
+    left.legend(fontsize=7)
+    counts = [methods[n]["vs_overall_best"] for n in names]
+    positions = np.arange(len(names))
+    right.bar(positions - 0.2, [c["ahead"] for c in counts], 0.4, label="ahead")
+    right.bar(
+        positions + 0.2, [c["ahead_beyond_interval"] for c in counts], 0.4, label="beyond interval"
+    )
+    right.axhline(counts[0]["of"] / 2, color="black", linestyle="--", linewidth=0.8, label="half")
+    right.set_xticks(positions, labels)
+    right.set_ylabel("segments")
+    right.set_title(
+        f"segments ahead of {body['overall_best_single_model']} (of {counts[0]['of']})",
+        fontsize=9,
+    )
+    right.legend(fontsize=7)
+    fig.suptitle(f"{protocol}: the blend beside the oracles, by the same yardsticks")
+    return png_base64(fig)
+
+
 def _blend_weights(report: dict[str, Any]) -> str:
     rows = {**report["blend"]["segments"], "global": report["blend"]["global"]}
     models = report["models"]
@@ -384,6 +467,11 @@ def write_reports(run: TrainingRun, settings: Settings) -> tuple[Path, Path]:
                 _segment_differences(report, protocol),
             )
         )
+        ceilings = report["protocols"][protocol]["ceilings"]
+        ratios = [m.get(f"over_{ceilings['baseline']}") for m in ceilings["methods"].values()]
+        # Only beside an oracle, and where the baseline scores (not in new_products).
+        if len(ratios) > 1 and all(r and np.isfinite(r["estimate"]) for r in ratios):
+            figures.append((f"{protocol}: what the data can show", _ceilings(report, protocol)))
         figures.append((f"{protocol}: coverage", _coverage(report, protocol)))
         if report["protocols"][protocol].get("score_histograms", {}).get("methods"):
             figures.append(
