@@ -520,6 +520,27 @@ def test_make_split_and_summary(events: pd.DataFrame) -> None:
         make_split("k_fold", events)
 
 
+def test_unscored_customers_keep_their_training_events(events: pd.DataFrame) -> None:
+    """``without``: the customers' held-out events score nothing on either side, their
+    training events stay (what is learnt from everyone), and the summary counts them."""
+    split = temporal_protocol(events, test_days=28, validation_days=28)
+    pairs = split.test.relevant_pairs()
+    left_out = sorted(set(pairs["customer_id"]))[:2]
+    reduced = split.without(left_out)
+    pd.testing.assert_frame_equal(reduced.test.train, split.test.train)
+    pd.testing.assert_frame_equal(reduced.test.held_out, split.test.held_out)
+    assert reduced.test.catalogue_time == split.test.catalogue_time
+    kept = reduced.test.relevant_pairs()
+    assert not set(left_out) & set(kept["customer_id"])
+    assert len(kept) == (~pairs["customer_id"].isin(left_out)).sum()
+    assert not set(left_out) & set(reduced.test.scored_held_out["customer_id"])
+    assert reduced.test.summary()["unscored_customers"] == 2
+    assert split.test.summary()["unscored_customers"] == 0
+    assert reduced.validation.unscored == frozenset(left_out)
+    validation = set(reduced.validation.relevant_pairs()["customer_id"])
+    assert not set(left_out) & validation
+
+
 def test_protocols_on_the_clean_storefront(tiny: Dataset) -> None:
     """The real clean table: every protocol keeps the held-out side out of training."""
     clean = tiny.clean("events")

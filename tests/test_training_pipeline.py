@@ -232,6 +232,47 @@ def test_customer_factors_are_online(trained: tuple[Settings, TrainingRun]) -> N
     assert set(online["model_version"]) == {run.export.bundle_version}
 
 
+def test_customers_without_consent_are_neither_scored_nor_profiled(
+    trained: tuple[Settings, TrainingRun],
+) -> None:
+    """Serving answers customers without personalisation consent with global popularity
+    whatever the models say: no evaluation window scores them (test, validation, the
+    blend's and the re-ranker's), and training writes no profile of them (factors,
+    history) offline or online. Their training events still count for everyone."""
+    from training.features.inputs import personalisation_consent
+
+    settings, run = trained
+    consent = personalisation_consent(settings.clean_dir)
+    refused = set(consent.index[~consent.to_numpy()])
+    events = pd.read_parquet(settings.clean_dir / "events.parquet")
+    assert refused & set(events["customer_id"].astype(str))
+    assert run.customers["test_no_consent"] > 0 and run.customers["validation_no_consent"] > 0
+    assert run.split["test"]["unscored_customers"] == run.customers["test_no_consent"]
+    for view, result in run.results.items():
+        assert not refused & set(result.groups["customer_id"].astype(str)), view
+    # Had they been scored, the test side would hold them too: the split saw them.
+    split = _split(settings, events)
+    everyone = set(split.test.relevant_pairs()["customer_id"].astype(str))
+    assert len(everyone & refused) == run.customers["test_no_consent"]
+    assert len(everyone) == run.customers["test"] + run.customers["test_no_consent"]
+
+    offline = pd.read_parquet(settings.features_dir / "customer_embeddings.parquet")
+    assert not refused & set(offline["customer_id"])
+    active = set(events["customer_id"].astype(str))
+    assert set(offline["customer_id"]) == active - refused
+    assert run.export is not None and run.export.customers_written == len(offline)
+    some = sorted(refused & active)[:3]
+    online = (
+        open_store(settings)
+        .get_online_features(
+            features=["customer_embedding:model_version"],
+            entity_rows=[{"customer_id": c} for c in some],
+        )
+        .to_dict()
+    )
+    assert online["model_version"] == [None] * len(some)
+
+
 def test_the_blend_fit_scores_a_capped_sample_stratified_by_segment(
     trained: tuple[Settings, TrainingRun],
 ) -> None:

@@ -75,7 +75,7 @@ OBSERVED_ORACLE = "oracle_observed"
 OBSERVED_ORACLE_LABEL = (
     "observed-tastes oracle (true persona; staples, tastes and launches as seen at the cut)"
 )
-ORACLES = (ORACLE, OBSERVED_ORACLE)
+ORACLES = (OBSERVED_ORACLE, ORACLE)  # in order of what they know
 BLOCK_CELLS = 2_000_000  # customers x products scored at once (bounds memory)
 
 

@@ -48,7 +48,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -92,6 +92,9 @@ class HeldOut:
         With it, rating events count only when ``value >= min_rating``.
     n_dropped : int
         Events in neither side (earlier history of held-out pairs, when dropped).
+    unscored : frozenset of str
+        Customers whose held-out events score nothing (:meth:`without`): their training
+        events stay, for what is learnt from everyone.
     """
 
     train: pd.DataFrame
@@ -100,6 +103,25 @@ class HeldOut:
     relevant_types: tuple[str, ...]
     min_rating: float | None = None
     n_dropped: int = 0
+    unscored: frozenset[str] = frozenset()
+
+    def without(self, customers: Iterable[str]) -> HeldOut:
+        """The same split, with ``customers``' held-out events scoring nothing: for
+        customers no model's ranking reaches, such as those without personalisation
+        consent, whom serving answers with global popularity whatever the model.
+
+        Examples
+        --------
+        >>> events = pd.DataFrame({"customer_id": ["a", "b"], "product_id": ["P1", "P2"],
+        ...     "type": ["purchase"] * 2, "ts": pd.to_datetime(["2026-01-02"] * 2, utc=True)})
+        >>> side = HeldOut(events.iloc[:0], events, pd.Timestamp("2026-01-01", tz="UTC"),
+        ...                ("purchase",))
+        >>> side.without(["b"]).relevant_pairs()["customer_id"].tolist()
+        ['a']
+        >>> side.without(["b"]).summary()["unscored_customers"]
+        1
+        """
+        return replace(self, unscored=self.unscored | frozenset(map(str, customers)))
 
     @property
     def catalogue_time(self) -> pd.Timestamp:
@@ -111,9 +133,17 @@ class HeldOut:
         latest = [frame["ts"].max() for frame in (self.train, self.held_out) if len(frame)]
         return pd.Timestamp(max(latest)) if latest else self.reference_time
 
+    @property
+    def scored_held_out(self) -> pd.DataFrame:
+        """The held-out events of every customer but the :attr:`unscored`."""
+        if not self.unscored:
+            return self.held_out
+        return self.held_out[~self.held_out["customer_id"].astype(str).isin(self.unscored)]
+
     def relevant_events(self) -> pd.DataFrame:
-        """The held-out events that make their item relevant."""
-        return self.held_out[_relevant_mask(self.held_out, self.relevant_types, self.min_rating)]
+        """The scored held-out events that make their item relevant."""
+        frame = self.scored_held_out
+        return frame[_relevant_mask(frame, self.relevant_types, self.min_rating)]
 
     def relevant_pairs(self) -> pd.DataFrame:
         """Distinct relevant (customer_id, product_id) pairs, sorted."""
@@ -144,12 +174,16 @@ class HeldOut:
     def summary(self) -> dict[str, Any]:
         """Counts, JSON-ready."""
         relevant = self.relevant_pairs()
+        mask = _relevant_mask(self.held_out, self.relevant_types, self.min_rating)
+        everyone = self.held_out.loc[mask, "customer_id"]
         return {
             "train_events": len(self.train),
             "held_out_events": len(self.held_out),
             "dropped_events": self.n_dropped,
             "relevant_pairs": len(relevant),
             "customers_with_relevant": int(relevant["customer_id"].nunique()),
+            # Customers with relevant held-out events left unscored (no consent, say).
+            "unscored_customers": int(everyone.nunique()) - int(relevant["customer_id"].nunique()),
             "reference_time": self.reference_time.isoformat(),
         }
 
@@ -165,6 +199,14 @@ class EvaluationSplit:
     test: HeldOut
     validation: HeldOut
     params: dict[str, Any] = field(default_factory=dict)
+
+    def without(self, customers: Iterable[str]) -> EvaluationSplit:
+        """Both sides with ``customers``' held-out events scoring nothing
+        (:meth:`HeldOut.without`)."""
+        customers = frozenset(map(str, customers))
+        return replace(
+            self, test=self.test.without(customers), validation=self.validation.without(customers)
+        )
 
     def summary(self) -> dict[str, Any]:
         """Protocol, parameters and counts, JSON-ready (for ``reports/evaluation.json``)."""

@@ -50,6 +50,16 @@ def price_bands(products: pd.DataFrame) -> pd.Series:
     return band.astype(object).where(band.notna(), "unknown")
 
 
+def personalisation_consent(
+    clean_dir: Path, consent: Mapping[str, bool] | None = None
+) -> pd.Series:
+    """Per clean customer id, whether they consent to personalisation now: the imported
+    flag with ``consent`` (the consent ledger's newest change per customer) over it."""
+    customers = apply_consent(read_table(clean_dir, "customers"), consent or {})
+    flags = customers.set_index(customers["customer_id"].astype(str))["consent_personalisation"]
+    return flags.fillna(False).astype(bool)
+
+
 def load_inputs(clean_dir: Path, consent: Mapping[str, bool] | None = None) -> FeatureInputs:
     """The clean tables, with ``consent`` (the consent ledger's newest change per
     customer, :class:`segrec.consent.ConsentLedger`) applied over the imported flags."""

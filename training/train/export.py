@@ -200,10 +200,16 @@ def recent_history(data: Interactions, events: int, purchases: int) -> dict[str,
 
 
 def write_customer_factors(
-    settings: Settings, models: dict[str, Recommender], data: Interactions, version: str
+    settings: Settings,
+    models: dict[str, Recommender],
+    data: Interactions,
+    version: str,
+    personal: pd.Index,
 ) -> int:
-    """ALS and SVD customer vectors as the ``customer_embedding`` view's offline source
-    (one row per customer, stamped at the data end), then loaded online."""
+    """ALS and SVD customer vectors and recent history as the ``customer_embedding``
+    view's offline source (one row per customer in ``personal``, those who consent to
+    personalisation, stamped at the data end), then loaded online. Nobody else gets a
+    profile: serving answers them with global popularity and reads none."""
     als = models["als"].export_customer_arrays()["user_factors"].astype(np.float32)
     svd = models["svd"].export_customer_arrays()
     frame = pd.DataFrame(
@@ -219,6 +225,7 @@ def write_customer_factors(
             ),
         }
     )
+    frame = frame[frame["customer_id"].isin(personal)].reset_index(drop=True)
     path = settings.features_dir / EMBEDDINGS_FILE
     staging = path.with_suffix(".tmp")
     pq.write_table(
@@ -238,10 +245,13 @@ def export(
     metrics: dict[str, Any],
     *,
     rerank: Mapping[str, np.ndarray] | None = None,
+    personal: pd.Index,
 ) -> Export:
+    """The bundle (directory and BentoML model) and the customer features of the
+    ``personal`` customers (:func:`write_customer_factors`)."""
     bundle = build_bundle(settings, models, data, blender, metrics, rerank=rerank)
     directory = write_bundle(bundle, settings.bundles_dir / bundle.version)
     os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_store.resolve()))
     tag = save_to_bentoml(bundle)
-    written = write_customer_factors(settings, models, data, bundle.version)
+    written = write_customer_factors(settings, models, data, bundle.version, personal)
     return Export(bundle.version, str(directory), tag, written)

@@ -21,11 +21,13 @@ import pandas as pd
 from sklearn.base import clone
 
 from segrec.blend import COLD_START, COLD_START_EVENTS, NO_SEGMENT
+from segrec.consent import ConsentLedger
 from segrec.scoring import EVENT_TYPES, CustomerState
 from segrec.settings import Settings
 from training.evaluation.metrics import mae, rmse
 from training.evaluation.oracle import WindowOracle, load_oracle
 from training.evaluation.protocols import EvaluationSplit, HeldOut, make_split
+from training.features.inputs import personalisation_consent
 from training.laps import Laps
 from training.models.base import Recommender
 from training.models.blend_fit import SegmentBlender, sample_customers
@@ -137,6 +139,15 @@ def _split(settings: Settings, events: pd.DataFrame) -> EvaluationSplit:
     return make_split(settings.eval_protocol, events, **params)
 
 
+def consenting_customers(settings: Settings) -> pd.Index:
+    """Clean ids of the customers who consent to personalisation now (the consent
+    ledger's newest changes over the imported flags, as the feature build reads them)."""
+    consent = personalisation_consent(
+        settings.clean_dir, ConsentLedger(settings.consent_file).latest()
+    )
+    return consent.index[consent.to_numpy()]
+
+
 def with_launch_dates(products: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """``products`` with every missing ``launch_ts`` (or the whole column, when the export
     has none) filled with the product's first event: the best stand-in for when it went
@@ -222,7 +233,7 @@ def earlier_windows(
             break  # no training side left before another window
         side = make_split(
             "temporal", before, test_days=days, validation_days=days, end=side.reference_time
-        ).test
+        ).test.without(split.validation.unscored)
         data = _interactions(side, products, segments_at(settings, side)["segment_id"])
         rep = held_out(side, data, new_items_only=False, known_only=False)
         if not rep[0]:
@@ -463,7 +474,12 @@ def run_training(
 
     events = pd.read_parquet(settings.clean_dir / "events.parquet")
     products = with_launch_dates(pd.read_parquet(settings.clean_dir / "products.parquet"), events)
-    split = _split(settings, events)
+    consenting = consenting_customers(settings)
+    # Serving answers customers without personalisation consent with global popularity
+    # whatever the models say, so no figure, weight or tree may rest on their held-out
+    # events; their training events stay in what is learnt from everyone.
+    unconsented = set(events["customer_id"].astype(str).unique()) - set(consenting)
+    split = _split(settings, events).without(unconsented)
     # Segments as of each cut-off for fitting and evaluating; the newest for the bundle.
     segments = {"validation": segments_at(settings, split.validation)}
     segments["test"] = segments_at(settings, split.test)
@@ -557,7 +573,7 @@ def run_training(
             rules=rules if filtered else None,
         )
     lap("evaluate")
-    rating_errors = _rating_errors(models["svd"], before, split.test.held_out)
+    rating_errors = _rating_errors(models["svd"], before, split.test.scored_held_out)
     exported = None
     if export_bundle:
         now = pd.Timestamp(events["ts"].max())
@@ -576,6 +592,7 @@ def run_training(
             blender,
             {"ndcg_at_k": _headline(results)},
             rerank=reranker,
+            personal=consenting,
         )
         lap("export")
     return TrainingRun(
@@ -596,6 +613,9 @@ def run_training(
             "validation": fitted.sample["of_new_item_customers"],
             "test": len(results["repeats_allowed"].groups),
             "test_new_items": len(results["new_items"].groups),
+            # With held-out purchases, but without personalisation consent: not scored.
+            "validation_no_consent": split.validation.summary()["unscored_customers"],
+            "test_no_consent": split.test.summary()["unscored_customers"],
         },
         split=split.summary(),
         seconds=laps.seconds,
