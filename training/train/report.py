@@ -107,10 +107,17 @@ def segments_against_best_single(
 def _tally(segments: dict[str, Any], key: str) -> dict[str, int]:
     """Segments where the blend's difference ``key`` is above 0, and where its interval
     lies wholly above or below 0."""
+    counts = _lead_counts([s[key] for s in segments.values()])
+    return {f"blend_{name}": count for name, count in counts.items()}
+
+
+def _lead_counts(differences: list[dict[str, Any]]) -> dict[str, int]:
+    """How many paired differences are above 0, and how many intervals lie wholly above
+    or below 0."""
     return {
-        "blend_ahead": sum(s[key]["estimate"] > 0 for s in segments.values()),
-        "blend_ahead_beyond_interval": sum(s[key]["low"] > 0 for s in segments.values()),
-        "blend_behind_beyond_interval": sum(s[key]["high"] < 0 for s in segments.values()),
+        "ahead": sum(d["estimate"] > 0 for d in differences),
+        "ahead_beyond_interval": sum(d["low"] > 0 for d in differences),
+        "behind_beyond_interval": sum(d["high"] < 0 for d in differences),
     }
 
 
@@ -146,12 +153,7 @@ def ceilings(
                 ours.to_numpy(), best.loc[ours.index].to_numpy(), random_state=seed
             ).to_dict(),
             "segments_minus_overall_best": segments,
-            "vs_overall_best": {
-                "ahead": sum(d["estimate"] > 0 for d in segments.values()),
-                "ahead_beyond_interval": sum(d["low"] > 0 for d in segments.values()),
-                "behind_beyond_interval": sum(d["high"] < 0 for d in segments.values()),
-                "of": len(segments),
-            },
+            "vs_overall_best": {**_lead_counts(list(segments.values())), "of": len(segments)},
         }
         if baseline in result.runs:
             entry[f"over_{baseline}"] = bootstrap_ratio_interval(
