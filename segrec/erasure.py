@@ -33,7 +33,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "erase_online",
 ]
 
+SQL_KEYS_PER_STATEMENT = 500  # bound parameters per DELETE (SQLite caps them)
 # Files never holding customer rows, or rewritten by their own owners: the Bento store
 # keeps bundles (no customer data); the Feast registry holds definitions only.
 SKIPPED_DIRS = ("bentoml",)
@@ -175,8 +176,15 @@ def _merged_ids(settings: Settings, pseudonym: str) -> set[str]:
     return set(merged.astype(str))
 
 
-def erase_online(store: Any | None, settings: Settings, customer_ids: Iterable[str]) -> int:
-    """Delete the customers' rows from every feature view of the online store."""
+def erase_online(
+    store: Any | None,
+    settings: Settings,
+    customer_ids: Iterable[str],
+    views: Sequence[str] | None = None,
+) -> int:
+    """Delete the customers' rows from every feature view of the online store, or from
+    ``views`` only (their other views keep their rows). Returns the rows removed: on
+    SQLite one per feature value, on Redis one per customer hash touched."""
     if store is None:
         from segrec.feature_store import open_store
 
@@ -190,15 +198,15 @@ def erase_online(store: Any | None, settings: Settings, customer_ids: Iterable[s
         EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=c)])
         for c in sorted(customer_ids)
     ]
+    if not keys:
+        return 0
+    chosen = [store.get_feature_view(name) for name in views] if views is not None else None
     kind = config.online_store.type
     if kind == "redis":
-        online = store._get_provider().online_store
-        client = online._get_client(config.online_store)
-        redis_keys = online._generate_redis_keys_for_entities(config, keys)
-        return int(client.delete(*redis_keys)) if redis_keys else 0
+        return _erase_redis(store, keys, chosen)
     if kind not in ("sqlite", "feast.infra.online_stores.sqlite.SqliteOnlineStore"):
         raise ErasureError(f"erasure from a {kind!r} online store is not supported")
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
 
     version = config.entity_key_serialization_version
     serialised = [serialize_entity_key(k, entity_key_serialization_version=version) for k in keys]
@@ -209,7 +217,7 @@ def erase_online(store: Any | None, settings: Settings, customer_ids: Iterable[s
     connection = sqlite3.connect(path, timeout=30)
     try:
         with connection:
-            tables = [
+            keyed = [
                 name
                 for (name,) in connection.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -219,17 +227,48 @@ def erase_online(store: Any | None, settings: Settings, customer_ids: Iterable[s
                     for column in connection.execute(f'PRAGMA table_info("{name}")')
                 )
             ]
-            marks = ",".join("?" * len(serialised))
-            for name in tables:
-                cursor = connection.execute(
-                    f'DELETE FROM "{name}" WHERE entity_key IN ({marks})', serialised
-                )
-                removed += cursor.rowcount
-        # Deleted pages keep the bytes until reused: rewrite the file without them.
-        connection.execute("VACUUM")
+            if chosen is not None:
+                registry = config.registry
+                versioned = bool(getattr(registry, "enable_online_feature_view_versioning", False))
+                wanted = {_table_id(config.project, view, versioned) for view in chosen}
+                keyed = [name for name in keyed if name in wanted]
+            for name in keyed:
+                for first in range(0, len(serialised), SQL_KEYS_PER_STATEMENT):
+                    part = serialised[first : first + SQL_KEYS_PER_STATEMENT]
+                    cursor = connection.execute(
+                        f'DELETE FROM "{name}" WHERE entity_key IN ({",".join("?" * len(part))})',
+                        part,
+                    )
+                    removed += cursor.rowcount
+        if removed:
+            # Deleted pages keep the bytes until reused: rewrite the file without them.
+            connection.execute("VACUUM")
     finally:
         connection.close()
     return removed
+
+
+def _erase_redis(store: Any, keys: list[Any], views: list[Any] | None) -> int:
+    """Redis keeps one hash per entity with every view's fields: delete the hash, or
+    only ``views``' fields (Redis drops a hash left empty)."""
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.infra.online_stores.redis import _versioned_fv_name
+
+    config = store.config
+    online = store._get_provider().online_store
+    client = online._get_client(config.online_store)
+    redis_keys = online._generate_redis_keys_for_entities(config, keys)
+    if views is None:
+        return int(client.delete(*redis_keys))
+    fields: list[bytes] = []
+    for view in views:
+        name = _versioned_fv_name(view, config)
+        fields += [_mmh3(f"{name}:{feature.name}") for feature in view.features]
+        fields.append(f"_ts:{name}".encode())
+    with client.pipeline(transaction=False) as pipe:
+        for key in redis_keys:
+            pipe.hdel(key, *fields)
+        return sum(1 for count in pipe.execute() if count)
 
 
 def _erase_parquet(path: Path, ids: set[str], secret: str) -> int:

@@ -20,11 +20,13 @@ from feast.infra.key_encoding_utils import deserialize_entity_key
 
 from segrec.audit import AuditLog, clean_actor, verify_audit_log
 from segrec.erasure import (
+    SQL_KEYS_PER_STATEMENT,
     ErasureError,
     ErasureUnavailable,
     SuppressionList,
     customer_pseudonym,
     erase_customer,
+    erase_online,
 )
 from segrec.event_log import EventLog
 from segrec.experiments import Exposure, ExposureLog
@@ -176,6 +178,56 @@ def test_erasure_leaves_nothing_of_the_customer(workspace: Workspace) -> None:
     again = erase_customer(settings, pseudonym, online_store=workspace.store)
     assert again.already_suppressed and again.online_rows == 0
     assert not again.parquet_rows and not again.log_lines
+
+
+def test_one_view_of_a_customer_can_be_removed_alone(workspace: Workspace) -> None:
+    """What training does for customers who withdrew consent: their ``customer_embedding``
+    row goes, their other views (the profile serving reads consent from) stay, and other
+    customers keep theirs. More customers than one SQL statement takes are cleared."""
+    from training.train.export import EMBEDDING_VIEW
+
+    settings, store = workspace.settings, workspace.store
+    customers = pd.read_parquet(settings.clean_dir / "customers.parquet")["customer_id"]
+    withdrawn, kept = str(customers.iloc[-1]), str(customers.iloc[-2])
+    now = pd.Timestamp.now(tz="UTC")
+    rows = pd.DataFrame(
+        {
+            "customer_id": [withdrawn, kept],
+            "event_timestamp": [now, now],
+            "als_factors": [[0.5, 0.25]] * 2,
+            "svd_factors": [[0.1, 0.2]] * 2,
+            "svd_bias": [0.3, 0.3],
+            "model_version": ["test", "test"],
+            "history_items": [["P1"]] * 2,
+            "history_types": [[0]] * 2,
+            "history_unix": [[1]] * 2,
+            "history_purchases": [[]] * 2,
+        }
+    )
+    store.write_to_online_store(EMBEDDING_VIEW, rows)
+
+    def present(customer: str) -> dict[str, bool]:
+        found = store.get_online_features(
+            features=[
+                f"{EMBEDDING_VIEW}:model_version",
+                "customer_profile:consent_personalisation",
+            ],
+            entity_rows=[{"customer_id": customer}],
+        ).to_dict()
+        return {
+            "embedding": found["model_version"][0] is not None,
+            "profile": found["consent_personalisation"][0] is not None,
+        }
+
+    assert present(withdrawn) == present(kept) == {"embedding": True, "profile": True}
+    # Ids never written count for nothing; they make the list span several statements.
+    absent = [f"nobody-{i}" for i in range(SQL_KEYS_PER_STATEMENT + 5)]
+    removed = erase_online(store, settings, [withdrawn, *absent], views=[EMBEDDING_VIEW])
+    assert removed >= 1  # SQLite counts a row per feature value, Redis one per customer
+    assert present(withdrawn) == {"embedding": False, "profile": True}
+    assert present(kept) == {"embedding": True, "profile": True}
+    assert erase_online(store, settings, [withdrawn], views=[EMBEDDING_VIEW]) == 0
+    erase_online(store, settings, [kept], views=[EMBEDDING_VIEW])  # leave the store as found
 
 
 def test_a_reimport_withholds_erased_customers(workspace: Workspace, tmp_path: Path) -> None:

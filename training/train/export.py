@@ -56,6 +56,7 @@ class Export:
     bundle_dir: str
     bentoml_tag: str
     customers_written: int
+    profiles_removed: int = 0  # online rows of customers without consent, removed
 
 
 def items_and_filters(
@@ -205,11 +206,12 @@ def write_customer_factors(
     data: Interactions,
     version: str,
     personal: pd.Index,
-) -> int:
+) -> tuple[int, int]:
     """ALS and SVD customer vectors and recent history as the ``customer_embedding``
     view's offline source (one row per customer in ``personal``, those who consent to
     personalisation, stamped at the data end), then loaded online. Nobody else gets a
-    profile: serving answers them with global popularity and reads none."""
+    profile: serving answers them with global popularity and reads none, and the online
+    rows of the others are removed. Returns (rows written, rows removed)."""
     als = models["als"].export_customer_arrays()["user_factors"].astype(np.float32)
     svd = models["svd"].export_customer_arrays()
     frame = pd.DataFrame(
@@ -225,16 +227,21 @@ def write_customer_factors(
             ),
         }
     )
-    frame = frame[frame["customer_id"].isin(personal)].reset_index(drop=True)
+    consenting = frame["customer_id"].isin(personal)
+    refused = frame.loc[~consenting, "customer_id"].tolist()
+    frame = frame[consenting].reset_index(drop=True)
     path = settings.features_dir / EMBEDDINGS_FILE
     staging = path.with_suffix(".tmp")
     pq.write_table(
         pa.Table.from_pandas(frame, schema=EMBEDDINGS_SCHEMA, preserve_index=False), staging
     )
     staging.replace(path)
+    from segrec.erasure import erase_online
     from training.features.materialize import load_view_online
 
-    return load_view_online(settings, EMBEDDING_VIEW)
+    written = load_view_online(settings, EMBEDDING_VIEW)
+    # Rows an earlier run wrote, before the customer withdrew consent, go too.
+    return written, erase_online(None, settings, refused, views=[EMBEDDING_VIEW])
 
 
 def export(
@@ -253,5 +260,5 @@ def export(
     directory = write_bundle(bundle, settings.bundles_dir / bundle.version)
     os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_store.resolve()))
     tag = save_to_bentoml(bundle)
-    written = write_customer_factors(settings, models, data, bundle.version, personal)
-    return Export(bundle.version, str(directory), tag, written)
+    written, removed = write_customer_factors(settings, models, data, bundle.version, personal)
+    return Export(bundle.version, str(directory), tag, written, removed)
