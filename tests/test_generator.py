@@ -40,6 +40,23 @@ def test_unknown_size_is_a_clear_error(tmp_path: Path) -> None:
         generate(tmp_path, "huge", SEED, END)
 
 
+def test_a_custom_size_replays_to_its_ground_truth(tmp_path: Path) -> None:
+    """``"<customers>x<products>"`` sizes (the benchmarks' and larger storefronts') are
+    replayed like named ones, so their evaluations get the oracle rows; a replay with
+    another seed is told apart."""
+    import datetime as dt
+    import json
+
+    from training.data.synthetic.generator import matches_ground_truth, replay, replay_problem
+
+    generate(tmp_path, "600x200", SEED, END, progress=False)
+    source = json.loads((tmp_path / "source.json").read_text())
+    assert source["size"] == "600x200" and replay_problem(source) is None
+    end = dt.date.fromisoformat(str(source["end"]))
+    assert matches_ground_truth(tmp_path, replay(source["size"], SEED, end))
+    assert not matches_ground_truth(tmp_path, replay(source["size"], SEED + 1, end))
+
+
 def test_raw_export_carries_every_kind_of_mess(tmp_path: Path) -> None:
     rates = MessRates(invalid_type=0.01, bad_timestamp=0.01, duplicate_event_row=0.02)
     generate(tmp_path, "tiny", SEED, END, rates=rates, progress=False)
