@@ -27,6 +27,7 @@ from training.train.pipeline import (
     fit_blend,
     held_out,
     segments_at,
+    window_oracle,
 )
 from training.train.report import report_dict, write_reports
 from training.train.search import GRIDS
@@ -230,6 +231,20 @@ def test_customer_factors_are_online(trained: tuple[Settings, TrainingRun]) -> N
     for got, expected in zip(online["als_factors"], sample["als_factors"], strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert set(online["model_version"]) == {run.export.bundle_version}
+
+
+def test_the_oracle_rows_can_be_switched_off(trained: tuple[Settings, TrainingRun]) -> None:
+    """SEGREC_EVAL_ORACLE=false (for large storefronts, where they cost minutes a
+    view): no oracle, and the report says why."""
+    from training.evaluation.oracle import describe
+
+    settings, _ = trained
+    split = _split(settings, pd.read_parquet(settings.clean_dir / "events.parquet"))
+    found, info = window_oracle(settings, split)
+    assert found is not None and info["available"]
+    off, info = window_oracle(settings.model_copy(update={"eval_oracle": False}), split)
+    assert off is None and not info["available"]
+    assert describe(info) == "No oracle row: switched off (SEGREC_EVAL_ORACLE=false)."
 
 
 def test_customers_without_consent_are_neither_scored_nor_profiled(

@@ -148,6 +148,16 @@ def consenting_customers(settings: Settings) -> pd.Index:
     return consent.index[consent.to_numpy()]
 
 
+def window_oracle(
+    settings: Settings, split: EvaluationSplit
+) -> tuple[WindowOracle | None, dict[str, Any]]:
+    """The oracle rows for ``split``'s test window (:func:`load_oracle`), unless
+    ``settings.eval_oracle`` switches them off; with what the report says about them."""
+    if not settings.eval_oracle:
+        return None, {"available": False, "reason": "switched off (SEGREC_EVAL_ORACLE=false)"}
+    return load_oracle(settings, split)
+
+
 def with_launch_dates(products: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """``products`` with every missing ``launch_ts`` (or the whole column, when the export
     has none) filled with the product's first event: the best stand-in for when it went
@@ -524,7 +534,7 @@ def run_training(
     before = _interactions(split.test, products, segments["test"]["segment_id"])
     models = fit_models(make_models(settings, tuned.best), before)
     lap("fit_for_test")
-    oracle, oracle_info = load_oracle(settings, split)  # synthetic data only
+    oracle, oracle_info = window_oracle(settings, split)  # synthetic data only
     results = {}
     rules = filter_rules(before, settings)
     views = (
