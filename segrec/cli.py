@@ -372,8 +372,8 @@ def run_train(settings: Settings, *, export: bool) -> None:
         console.print(
             f"Bundle {run.export.bundle_version} -> {run.export.bundle_dir} and BentoML "
             f"{run.export.bentoml_tag}; {run.export.customers_written:,} customers' factors "
-            f"written to Feast ({run.export.profiles_removed:,} online rows of customers "
-            "without personalisation consent removed)"
+            f"written to Feast ({run.export.profiles_removed:,} online feature rows of "
+            "customers without personalisation consent removed)"
         )
         run_customer_value(settings)
 
