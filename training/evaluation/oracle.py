@@ -237,14 +237,13 @@ class GeneratorOracle:
             if len(owners) != rows:
                 raise ValueError("the observed-tastes oracle needs each record's clean id")
             views = [self.observed.views.get(str(o), np.zeros(0, np.int64)) for o in owners]
+            row = np.repeat(np.arange(rows), [len(v) for v in views])
+            viewed = np.concatenate(views)
             seen = np.zeros((rows, n), dtype=bool)
-            seen[np.repeat(np.arange(rows), [len(v) for v in views]), np.concatenate(views)] = True
+            seen[row, viewed] = True
             staples *= seen
             counts = np.zeros_like(preferences)
-            for row, viewed in enumerate(views):
-                counts[row] = np.bincount(
-                    self.world.catalogue.category[viewed], minlength=len(CATEGORIES)
-                )
+            np.add.at(counts, (row, self.world.catalogue.category[viewed]), 1.0)
             preferences = dirichlet_posterior_mean(counts, _persona("category_focus")[persona])
         bands = _draw_probabilities(np.cumsum(np.array([p.price_band_probs for p in PERSONAS]), 1))
         cell = preferences[:, :, None] * bands[persona][:, None]

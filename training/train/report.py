@@ -125,19 +125,20 @@ def ceilings(
     result: RankingResult,
     overall_best: str,
     seed: int,
+    blend: dict[str, Any],
     *,
     baseline: str = "popularity",
     column: str = "segment_name",
 ) -> dict[str, Any]:
-    """The blend and each oracle row present, measured by the same yardsticks: the mean
-    over ``baseline``'s as a paired ratio with its interval, and per segment the paired
-    difference from ``overall_best``. An oracle's interval says what the test window
-    could show at all: where even a ceiling's reaches below a yardstick, no model's
-    can be expected to clear it."""
+    """The blend (``blend``, from :func:`blend_ceiling`) and each oracle row present,
+    measured by the same yardsticks: the mean over ``baseline``'s as a paired ratio with
+    its interval, and per segment the paired difference from ``overall_best``. An
+    oracle's interval says what the test window could show at all: where even a
+    ceiling's reaches below a yardstick, no model's can be expected to clear it."""
     labels = result.groups.set_index("customer_id")[column]
     best = result.runs[overall_best].to_frame()["ndcg"]
-    out: dict[str, Any] = {}
-    for name in (BLEND, *ORACLES):
+    out: dict[str, Any] = {BLEND: blend}
+    for name in ORACLES:
         if name not in result.runs:
             continue
         ours = result.runs[name].to_frame()["ndcg"]
@@ -147,14 +148,13 @@ def ceilings(
             ).to_dict()
             for segment, members in labels.groupby(labels).groups.items()
         }
-        entry: dict[str, Any] = {
-            "ndcg": round(float(ours.mean()), 5),
-            "minus_overall_best": paired_bootstrap(
+        entry = _ceiling_entry(
+            float(ours.mean()),
+            paired_bootstrap(
                 ours.to_numpy(), best.loc[ours.index].to_numpy(), random_state=seed
             ).to_dict(),
-            "segments_minus_overall_best": segments,
-            "vs_overall_best": {**_lead_counts(list(segments.values())), "of": len(segments)},
-        }
+            segments,
+        )
         if baseline in result.runs:
             entry[f"over_{baseline}"] = bootstrap_ratio_interval(
                 result.runs[name].per_customer["ndcg"],
@@ -165,18 +165,56 @@ def ceilings(
     return {"overall_best_single_model": overall_best, "baseline": baseline, "methods": out}
 
 
+def blend_ceiling(
+    result: RankingResult,
+    intervals: dict[str, Any],
+    segments: dict[str, Any],
+    *,
+    baseline: str = "popularity",
+) -> dict[str, Any]:
+    """The blend's entry of :func:`ceilings`, from the figures the report already has
+    (:func:`_intervals`, :func:`segments_against_best_single`): the same bootstraps."""
+    overall = segments["overall_best_single_model"]
+    differences = {
+        name: entry["blend_minus_overall_best"] for name, entry in segments["segments"].items()
+    }
+    entry = _ceiling_entry(
+        float(result.runs[BLEND].per_customer["ndcg"].mean()),
+        intervals[overall]["blend_minus_model"],
+        differences,
+    )
+    if baseline in intervals:
+        entry[f"over_{baseline}"] = intervals[baseline]["blend_over_model"]
+    return entry
+
+
+def _ceiling_entry(
+    mean: float, minus_best: dict[str, Any], segments: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "ndcg": round(mean, 5),
+        "minus_overall_best": minus_best,
+        "segments_minus_overall_best": segments,
+        "vs_overall_best": {**_lead_counts(list(segments.values())), "of": len(segments)},
+    }
+
+
 def report_dict(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     protocols: dict[str, Any] = {}
     overall_best = validation_best_single(run.blender, run.model_names)
     for protocol, result in run.results.items():
+        intervals = _intervals(result, settings.seed)
+        segments = segments_against_best_single(
+            result, run.model_names, settings.seed, overall_best=overall_best
+        )
         protocols[protocol] = {
             "summary": result.summary(),
-            "intervals": _intervals(result, settings.seed),
-            "segments_vs_best_single": segments_against_best_single(
-                result, run.model_names, settings.seed, overall_best=overall_best
-            ),
+            "intervals": intervals,
+            "segments_vs_best_single": segments,
             # The blend beside the oracles, by the same yardsticks (synthetic data only).
-            "ceilings": ceilings(result, overall_best, settings.seed),
+            "ceilings": ceilings(
+                result, overall_best, settings.seed, blend_ceiling(result, intervals, segments)
+            ),
             "by_group": {
                 column: json.loads(result.by_group(column).round(5).to_json(orient="index"))
                 for column in GROUPS
