@@ -776,6 +776,86 @@ def test_the_observed_oracle_knows_only_what_the_views_show(
     assert (full_chance == 0).all() and (seen_chance > 0).all()
 
 
+def _stepped_hazard(
+    found: oracle.GeneratorOracle, rows: oracle._Records, start: int, end: int
+) -> np.ndarray:
+    """The hazard the plain way: every interval of ``(start, end]`` between launches and
+    ends of trend windows, each product's view chance at its middle, its sessions times
+    the chance that a session buys."""
+    from itertools import pairwise
+
+    from training.data.synthetic.sessions import TREND_WINDOW_S
+
+    changes = np.concatenate([found.launch, found.launch + TREND_WINDOW_S])
+    bounds = np.unique(np.r_[start, end, changes[(changes > start) & (changes < end)]])
+    everything = np.arange(len(found.launch))
+    hazard = np.zeros((len(rows.start), len(everything)))
+    for lo, hi in pairwise(bounds):
+        q = found.view_probabilities(rows, int((lo + hi) // 2), everything)
+        x = q * rows.buy_rate[:, None] * found.stock
+        per_session = 1.0 - (1.0 - x) * np.exp(-rows.views[:, None] * x)
+        seconds = np.clip(np.minimum(rows.end, hi) - np.maximum(rows.start, lo), 0, None)
+        hazard += (seconds * rows.sessions_per_second)[:, None] * per_session
+    return hazard
+
+
+@pytest.mark.parametrize("launches", ["as generated", "all around the window"])
+@pytest.mark.parametrize("observed", [False, True])
+def test_the_oracle_sums_the_view_chances_of_every_step(
+    tiny_world: oracle.GeneratorOracle, launches: str, observed: bool
+) -> None:
+    """``_hazard`` and ``purchase_probability`` against stepping through the window one
+    interval at a time, over launches, ends of trend windows and (with every product,
+    leaders too, launched around the window) leaders launching and trending."""
+    from dataclasses import replace
+
+    from training.data.synthetic.sessions import TREND_WINDOW_S
+
+    world = tiny_world.world
+    day = 86400
+    launch = world.catalogue.launch.astype(np.int64)
+    # The window starts 10 days before a launch, so holds it and the end of its trend.
+    start = int(np.sort(launch[launch > int(world.start.astype(np.int64))])[5]) - 10 * day
+    end = start + 60 * day
+    if launches != "as generated":
+        rng = np.random.default_rng(SEED)
+        moved = start + rng.integers(-50 * day, 70 * day, len(launch))
+        catalogue = replace(world.catalogue, launch=moved.astype("datetime64[s]"))
+        world = replace(world, catalogue=catalogue)
+    everyone = np.arange(world.population.n)
+    records = {f"c{i}": np.array([i]) for i in everyone[2:]} | {"both": np.array([0, 1])}
+    seen = None
+    if observed:
+        rng = np.random.default_rng(SEED)
+        views = {c: rng.integers(0, world.catalogue.n, 5) for c in list(records)[::2]}
+        seen = oracle.Observed(cut=start, views=views)
+    found = oracle.GeneratorOracle(world, records, seen)
+    owners = ["both", "both", *[f"c{i}" for i in everyone[2:]]]
+    rows = found._records(everyone, owners)
+    trend_ends = found.launch + TREND_WINDOW_S
+    assert ((trend_ends > start) & (trend_ends < end)).any()
+    if not observed:  # the observed oracle has nothing launching after the cut
+        assert ((found.launch > start) & (found.launch < end)).any()
+    if launches != "as generated":
+        assert (found.launch[found.leader] >= start).any()  # at the cut, when observed
+
+    expected = _stepped_hazard(found, rows, start, end)
+    np.testing.assert_allclose(found._hazard(rows, start, end), expected, rtol=0, atol=1e-12)
+    ids = ["nobody", "both", "c2", "c7"]
+    # Every other product, backwards, and one the generator did not make.
+    products = np.arange(world.catalogue.n)[::-2]
+    items = IdVocabulary([*world.catalogue.product_ids[products], "P_unknown"])
+    chance = found.purchase_probability(
+        ids, items, pd.Timestamp(start, unit="s", tz="UTC"), pd.Timestamp(end, unit="s", tz="UTC")
+    )
+    merged = expected[[0, 2, 7]]
+    merged[0] += expected[1]
+    assert (chance[0] == 0).all() and (chance[:, -1] == 0).all()
+    np.testing.assert_allclose(
+        chance[1:, :-1], 1.0 - np.exp(-merged[:, products]), rtol=0, atol=1e-12
+    )
+
+
 def test_the_oracle_ranks_above_every_model_on_the_tiny_storefront(tiny: Dataset) -> None:
     """The ceiling on real clean data: the replayed generator, its ids mapped through
     cleaning, beats popularity and random, and no trained model beats it; nor does the

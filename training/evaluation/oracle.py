@@ -179,6 +179,29 @@ class _Records:
     category: np.ndarray  # (rows, products): chance of a category-mode draw, pre-launch
 
 
+def _tail_sums(values: np.ndarray) -> np.ndarray:
+    """Column ``i``: the sum of the columns of ``values`` from ``i`` on (0 past the last)."""
+    tails = np.zeros((len(values), values.shape[1] + 1))
+    tails[:, :-1] = np.cumsum(values[:, ::-1], axis=1)[:, ::-1]
+    return tails
+
+
+def _range_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Column ``j``: the sum of the columns ``lo[j]`` to ``hi[j] - 1`` of ``values``; a range
+    from the first column or to the last is one running sum, without a difference's
+    rounding.
+
+    Examples
+    --------
+    >>> _range_sums(np.array([[1.0, 2.0, 4.0]]), np.array([0, 1, 2]), np.array([2, 3, 2]))
+    array([[3., 6., 0.]])
+    """
+    heads = np.zeros((len(values), values.shape[1] + 1))
+    np.cumsum(values, axis=1, out=heads[:, 1:])
+    tails = _tail_sums(values)
+    return np.where(lo == 0, heads[:, hi], tails[:, lo] - tails[:, hi])
+
+
 class GeneratorOracle:
     """True purchase probabilities of the synthetic storefront's customers.
 
@@ -221,6 +244,16 @@ class GeneratorOracle:
             members = np.flatnonzero(self.group == g)
             self.leader[g] = members[np.argmin(self.launch[members])]
         self.stock = np.where(cat.in_stock, 1.0, OUT_OF_STOCK_CART_FACTOR)
+        self._launch_sorted = np.sort(self.launch)
+        # Each leader with its group, oldest first (itself first): the products that
+        # have not launched at a time are a tail of it.
+        self._groups = [
+            (int(self.leader[g]), members[np.argsort(self.launch[members], kind="stable")])
+            for g in np.unique(self.group)
+            for members in [np.flatnonzero(self.group == g)]
+        ]
+        self._is_leader = np.zeros(cat.n, dtype=bool)
+        self._is_leader[[leader for leader, _ in self._groups]] = True
 
     def _records(self, positions: np.ndarray, owners: Sequence[str] = ()) -> _Records:
         """Parameters of the generator records at ``positions``; ``owners`` (their clean
@@ -289,9 +322,19 @@ class GeneratorOracle:
 
     def _hazard(self, rows: _Records, start: int, end: int) -> np.ndarray:
         """(rows, products): expected sessions in ``(start, end]`` that buy each product,
-        ``H`` of the module docstring (P(at least one purchase) = 1 - exp(-H))."""
+        ``H`` of the module docstring (P(at least one purchase) = 1 - exp(-H)).
+
+        View chances are constant between launches and the ends of launches' trend
+        windows: steps, each with the view chances at its middle second (what
+        :meth:`view_probabilities` gives there), weighted by its sessions. Steps that
+        give a product one view chance share one evaluation, their sessions summed: a
+        product not launched yet is never viewed; after its trend window its chance
+        changes only with whether anything trends. While it trends, it changes with how
+        many products trend, through a part of the per-session chance shared by every
+        product, summed over steps once. A group's leader, which takes the draws of its
+        group's products still to launch, gets one evaluation per view chance it has.
+        """
         launch = self.launch
-        # View chances are constant between launches and the ends of launches' trend weeks.
         changes = np.concatenate([launch, launch + TREND_WINDOW_S])
         bounds = np.unique(np.r_[start, end, changes[(changes > start) & (changes < end)]])
         middle = (bounds[:-1] + bounds[1:]) // 2
@@ -299,25 +342,97 @@ class GeneratorOracle:
             rows.start[:, None], bounds[:-1]
         )
         sessions = np.clip(overlap, 0, None) * rows.sessions_per_second[:, None]
-        trend_on = np.array(
-            [((launch <= t) & (launch >= t - TREND_WINDOW_S)).any() for t in middle], dtype=bool
+        n_rows, n_steps = sessions.shape
+        hazard = np.zeros((n_rows, len(launch)))
+        if not n_steps:
+            return hazard
+        trending = np.searchsorted(self._launch_sorted, middle, "right") - np.searchsorted(
+            self._launch_sorted, middle - TREND_WINDOW_S
         )
-        hazard = np.zeros((len(rows.start), len(launch)))
+        trend_on = trending > 0
+        # A product's steps: before ``first`` it is not launched, from ``last`` it is old.
+        first = np.searchsorted(middle, launch)
+        last = np.searchsorted(middle, launch + TREND_WINDOW_S, "right")
 
-        def add(columns: np.ndarray, steps: np.ndarray) -> None:
-            if len(columns) and len(steps):
-                q = self.view_probabilities(rows, int(middle[steps[0]]), columns)
-                x = q * rows.buy_rate[:, None] * self.stock[columns]
-                per_session = 1.0 - (1.0 - x) * np.exp(-rows.views[:, None] * x)
-                hazard[:, columns] += sessions[:, steps].sum(1)[:, None] * per_session
+        def share(on: np.ndarray | bool) -> np.ndarray:
+            return 1.0 - rows.p_repeat - rows.p_trend * on
 
-        # Old products, never trending in the window and never a launch's stand-in, change
-        # only with whether anything is trending: two steps cover them. The rest: each step.
-        fixed = (launch + TREND_WINDOW_S < start) & ~np.isin(np.arange(len(launch)), self.leader)
+        def drawn(category_share: np.ndarray, products: np.ndarray | slice) -> np.ndarray:
+            return (
+                rows.p_repeat[:, None] * rows.staples[:, products]
+                + category_share[:, None] * rows.category[:, products]
+            )
+
+        def per_session(q: np.ndarray, products: np.ndarray | slice | int) -> np.ndarray:
+            # 1 - (1 - x) * exp(-m * x), in place: most calls are (rows, products).
+            x = q * rows.buy_rate[:, None]
+            x *= self.stock[products]
+            chance = np.multiply(-rows.views[:, None], x)
+            np.exp(chance, out=chance)
+            np.subtract(1.0, x, out=x)
+            chance *= x
+            return np.subtract(1.0, chance, out=chance)
+
+        # From ``last`` on, a product other than a leader changes only with whether
+        # anything trends (leaders are 0 here, then set below).
+        other = ~self._is_leader
+        old_from = np.where(other, last, n_steps)
         for on in (False, True):
-            add(np.flatnonzero(fixed), np.flatnonzero(trend_on == on))
-        for step in range(len(middle)):
-            add(np.flatnonzero(~fixed), np.array([step]))
+            mask = trend_on == on
+            if mask[old_from.min() :].any():
+                sessions_after = _tail_sums(sessions * mask)[:, old_from]
+                everything = slice(None)
+                hazard += sessions_after * per_session(drawn(share(on), everything), everything)
+
+        # While a product trends, x = u + d: u from its drawn chance, the same at each of
+        # its steps; d from its part of the trend share, p_trend / (products trending),
+        # the same for every product with its stock factor. With e(y) = exp(-m * y) and
+        # g(y) = 1 - e(y), 1 - (1 - x) * e(x) = g(u) + e(u) * (g(d) + u * e(d) + d * e(d)):
+        # a product needs only sums over its steps of terms in d, alike for all products
+        # (no cancellation: every term is positive).
+        new = np.flatnonzero(other & (first < last))
+        if len(new):
+            lo, hi = first[new], last[new]
+            rate = rows.buy_rate[:, None]
+            views = rows.views[:, None]
+            u_base = drawn(share(True), new) * rate
+            per_trending = rows.p_trend[:, None] / np.maximum(trending, 1)
+            for stock in np.unique(self.stock[new]):
+                here = self.stock[new] == stock
+                d = per_trending * rate * stock
+                e_d = np.exp(-views * d)
+                total, g_part, e_part, d_part = (
+                    _range_sums(sessions * term, lo[here], hi[here])
+                    for term in (1.0, -np.expm1(-views * d), e_d, d * e_d)
+                )
+                u = u_base[:, here] * stock
+                hazard[:, new[here]] += -np.expm1(-views * u) * total + np.exp(-views * u) * (
+                    g_part + u * e_part + d_part
+                )
+
+        steps = np.arange(n_steps)
+        for leader, members in self._groups:
+            released = np.searchsorted(launch[members], middle, "right")  # members out
+            count = np.where((first[leader] <= steps) & (steps < last[leader]), trending, 0)
+            key = (released * 2 + trend_on) * (len(launch) + 1) + count
+            order = np.argsort(key, kind="stable")
+            ordered = key[order]
+            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            weight = np.add.reduceat(sessions[:, order], starts, axis=1)
+            step = order[starts]  # one step of each distinct view chance
+            on, n_out, trend_count = trend_on[step], released[step], count[step]
+            category_share = 1.0 - rows.p_repeat[:, None] - rows.p_trend[:, None] * on
+            q = (
+                rows.p_repeat[:, None] * rows.staples[:, [leader]]
+                + category_share * rows.category[:, [leader]]
+            ) * (n_out > 0)
+            # Draws of the group's products not launched yet: members from ``n_out`` on.
+            waiting = members[n_out.min() :]
+            for value in np.unique(on):
+                pending = _tail_sums(drawn(share(value), waiting))
+                q[:, on == value] += pending[:, n_out[on == value] - n_out.min()]
+            q += np.where(trend_count > 0, rows.p_trend[:, None] / np.maximum(trend_count, 1), 0.0)
+            hazard[:, leader] = (weight * per_session(q, leader)).sum(1)
         return hazard
 
     def purchase_probability(
@@ -338,15 +453,26 @@ class GeneratorOracle:
         for first in range(0, len(customer_ids), block):
             ids = customer_ids[first : first + block]
             positions = [self.records.get(str(c), np.zeros(0, np.int64)) for c in ids]
-            owner = np.repeat(np.arange(len(ids)), [len(p) for p in positions])
+            counts = np.array([len(p) for p in positions], dtype=np.int64)
+            owner = np.repeat(np.arange(len(ids)), counts)
             flat = np.concatenate(positions) if positions else np.zeros(0, np.int64)
             if not len(flat):
                 continue
             owners = [str(ids[int(o)]) for o in owner]
             hazard = self._hazard(self._records(flat, owners), start_s, end_s)
-            summed = np.zeros((len(ids), n_products))
-            np.add.at(summed, owner, hazard)
-            out[first : first + len(ids)][:, column[known]] = 1.0 - np.exp(-summed[:, known])
+            if (counts == 1).all():
+                summed = hazard
+            else:
+                # A clean customer's records are consecutive rows: added up in order.
+                summed = np.zeros((len(ids), n_products))
+                head = np.cumsum(counts) - counts
+                summed[counts > 0] = hazard[head[counts > 0]]
+                for k in range(1, counts.max()):
+                    more = counts > k
+                    summed[more] += hazard[head[more] + k]
+            chance = summed if known.all() else summed[:, known]
+            np.exp(np.negative(chance, out=chance), out=chance)
+            out[first : first + len(ids)][:, column[known]] = np.subtract(1.0, chance, out=chance)
         return out
 
 
