@@ -202,6 +202,15 @@ def _range_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     return np.where(lo == 0, heads[:, hi], tails[:, lo] - tails[:, hi])
 
 
+def _drawn(rows: _Records, category_share: np.ndarray, products: np.ndarray | slice) -> np.ndarray:
+    """(rows, products): the chance a view draws each product as a staple or by category
+    (``category_share`` of views), before launches and trends."""
+    return (
+        rows.p_repeat[:, None] * rows.staples[:, products]
+        + category_share[:, None] * rows.category[:, products]
+    )
+
+
 class GeneratorOracle:
     """True purchase probabilities of the synthetic storefront's customers.
 
@@ -303,10 +312,7 @@ class GeneratorOracle:
         category_share = 1.0 - rows.p_repeat - rows.p_trend * (len(trending) > 0)
 
         def drawn(products: np.ndarray) -> np.ndarray:
-            return (
-                rows.p_repeat[:, None] * rows.staples[:, products]
-                + category_share[:, None] * rows.category[:, products]
-            )
+            return _drawn(rows, category_share, products)
 
         q = drawn(columns) * (self.launch[columns] <= t)
         # A draw of a product not launched yet becomes the oldest product of its group.
@@ -357,12 +363,6 @@ class GeneratorOracle:
         def share(on: np.ndarray | bool) -> np.ndarray:
             return 1.0 - rows.p_repeat - rows.p_trend * on
 
-        def drawn(category_share: np.ndarray, products: np.ndarray | slice) -> np.ndarray:
-            return (
-                rows.p_repeat[:, None] * rows.staples[:, products]
-                + category_share[:, None] * rows.category[:, products]
-            )
-
         def per_session(q: np.ndarray, products: np.ndarray | slice | int) -> np.ndarray:
             # 1 - (1 - x) * exp(-m * x), in place: most calls are (rows, products).
             x = q * rows.buy_rate[:, None]
@@ -382,7 +382,9 @@ class GeneratorOracle:
             if mask[old_from.min() :].any():
                 sessions_after = _tail_sums(sessions * mask)[:, old_from]
                 everything = slice(None)
-                hazard += sessions_after * per_session(drawn(share(on), everything), everything)
+                hazard += sessions_after * per_session(
+                    _drawn(rows, share(on), everything), everything
+                )
 
         # While a product trends, x = u + d: u from its drawn chance, the same at each of
         # its steps; d from its part of the trend share, p_trend / (products trending),
@@ -395,7 +397,7 @@ class GeneratorOracle:
             lo, hi = first[new], last[new]
             rate = rows.buy_rate[:, None]
             views = rows.views[:, None]
-            u_base = drawn(share(True), new) * rate
+            u_base = _drawn(rows, share(True), new) * rate
             per_trending = rows.p_trend[:, None] / np.maximum(trending, 1)
             for stock in np.unique(self.stock[new]):
                 here = self.stock[new] == stock
@@ -429,7 +431,7 @@ class GeneratorOracle:
             # Draws of the group's products not launched yet: members from ``n_out`` on.
             waiting = members[n_out.min() :]
             for value in np.unique(on):
-                pending = _tail_sums(drawn(share(value), waiting))
+                pending = _tail_sums(_drawn(rows, share(value), waiting))
                 q[:, on == value] += pending[:, n_out[on == value] - n_out.min()]
             q += np.where(trend_count > 0, rows.p_trend[:, None] / np.maximum(trend_count, 1), 0.0)
             hazard[:, leader] = (weight * per_session(q, leader)).sum(1)
