@@ -456,6 +456,42 @@ def score_new_arrivals(
     return _finish(fresh * category_lift[category[cand]] * band_lift[band[cand]], valid)
 
 
+def score_view_mixture(
+    arrays: Arrays, state: CustomerState, candidates: np.ndarray | None
+) -> np.ndarray:
+    """The chance the customer's next view is each candidate, times its purchases per view:
+    ``s_own * own(i) + s_trend * trend(i) + s_taste * category(i) * band(i) * within(i)``
+    with the shares of the customer's segment (the last row when it is unknown); ``own``
+    and the customer's ``category`` shares come from their events here
+    (:mod:`training.models.view_mixture` says how each part is made).
+
+    Arrays: ``item_within``, ``item_trend``, ``item_conversion``, ``item_category``,
+    ``item_band`` (n_items,); ``segment_shares`` (rows, 3), ``segment_category``,
+    ``segment_band`` (rows, values); ``category_strength``, ``half_life_days`` (scalars);
+    ``event_weights``.
+    """
+    shares_by_row = arrays["segment_shares"]
+    last = len(shares_by_row) - 1
+    row = state.segment if 0 <= state.segment < last else last
+    own_share, trend_share, taste_share = shares_by_row[row]
+    category, band = arrays["item_category"], arrays["item_band"]
+    items, totals = event_totals(state, arrays["event_weights"], float(arrays["half_life_days"]))
+    mix = arrays["segment_category"][row]
+    counts = np.bincount(category[items], weights=totals, minlength=len(mix))
+    strength = float(arrays["category_strength"])
+    shares = (counts + strength * mix) / (counts.sum() + strength)
+    cand, valid = _candidates(candidates, len(arrays["item_within"]))
+    looked = totals.sum()
+    own = lookup(items, totals, cand) / looked if looked > 0 else np.zeros(len(cand))
+    taste = shares[category[cand]] * arrays["segment_band"][row][band[cand]]
+    q = (
+        own_share * own
+        + trend_share * arrays["item_trend"][cand]
+        + taste_share * taste * arrays["item_within"][cand]
+    )
+    return _finish(q * arrays["item_conversion"][cand], valid)
+
+
 SCORERS: dict[str, Scorer] = {
     "category_popularity": score_category_popularity,
     "new_arrivals": score_new_arrivals,
@@ -465,6 +501,7 @@ SCORERS: dict[str, Scorer] = {
     "svd": score_svd,
     "als": score_als,
     "content": score_content,
+    "view_mixture": score_view_mixture,
 }
 
 

@@ -48,6 +48,7 @@ from training.models.interest import Interest
 from training.models.new_arrivals import NewArrivals, launch_age_days
 from training.models.popularity import Popularity
 from training.models.svd import SVD
+from training.models.view_mixture import ViewMixture
 
 SEED = 42
 
@@ -672,8 +673,9 @@ def storefront_split(small: Dataset) -> tuple[Interactions, dict[str, np.ndarray
         Content(random_state=SEED),
         Popularity(by_segment=False, half_life_days=14.0, window_days=60.0),
         CategoryPopularity(),
+        ViewMixture(),
     ],
-    ids=["buy_again", "svd", "als", "content", "trending", "category_popularity"],
+    ids=["buy_again", "svd", "als", "content", "trending", "category_popularity", "view_mixture"],
 )
 def test_models_beat_random_ranking_on_a_time_split(
     model: Recommender, storefront_split: tuple[Interactions, dict[str, np.ndarray]]

@@ -23,6 +23,7 @@ from training.models.interest import Interest
 from training.models.new_arrivals import NewArrivals
 from training.models.popularity import Popularity
 from training.models.svd import SVD
+from training.models.view_mixture import ViewMixture
 
 EXCLUDED = -1.0  # below any normalised (0..1) or blended score
 
@@ -43,6 +44,9 @@ def make_models(
         "als": ALS(random_state=settings.seed),
         "content": Content(random_state=settings.seed),
         "new_arrivals": NewArrivals(half_life_days=settings.new_arrivals_half_life_days),
+        "view_mixture": ViewMixture(
+            holdout_days=settings.eval_validation_days, horizon_days=settings.eval_test_days
+        ),
     }
     for name, chosen in (params or {}).items():
         models[name].set_params(**chosen)
