@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from training.experiments.attribution import (
 from training.experiments.report import ReportOptions, build_report, churn_bands, write_report
 from training.experiments.statistics import (
     bootstrap_ratio_difference,
+    bootstrap_ratio_interval,
     clustered_rate_test,
     rate_interval,
     sample_ratio_test,
@@ -655,3 +657,13 @@ def test_simulated_experiment_through_the_live_service(
     for metric in ("ctr", "conversion", "customers_converting", "revenue_per_exposure"):
         assert blend_wins[metric]["difference"] < 0, metric
         assert blend_wins[metric]["significant"], (metric, blend_wins[metric])
+
+
+def test_a_resample_without_denominator_has_no_ratio() -> None:
+    # Most resamples of three customers hold the one with a denominator; some do not.
+    numerator, denominator = np.array([1.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an infinite draw used to make NaN bounds, warning
+        ratio = bootstrap_ratio_interval(numerator, denominator, n_boot=500, random_state=0)
+    assert ratio.estimate == 3.0
+    assert np.isfinite([ratio.low, ratio.high]).all() and 1.0 <= ratio.low <= ratio.high <= 3.0

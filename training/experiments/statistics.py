@@ -279,15 +279,19 @@ def clustered_rate_test(
 def _bootstrap_ratios(
     numerator: np.ndarray, denominator: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """``n_boot`` ratios ``sum(num) / sum(den)`` over customers resampled with replacement."""
+    """``n_boot`` ratios ``sum(num) / sum(den)`` over customers resampled with replacement;
+    NaN for a resample whose denominators sum to 0 (it has no ratio; quantiles skip it)."""
     k = len(numerator)
     out = np.empty(n_boot)
     chunk = max(1, _CHUNK_ELEMENTS // max(k, 1))
     for start in range(0, n_boot, chunk):
         rows = min(chunk, n_boot - start)
         index = rng.integers(0, k, size=(rows, k))
+        below = denominator[index].sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start : start + rows] = numerator[index].sum(1) / denominator[index].sum(1)
+            out[start : start + rows] = np.where(
+                below != 0, numerator[index].sum(1) / below, np.nan
+            )
     return out
 
 
@@ -376,10 +380,25 @@ def bootstrap_ratio_difference(
     draws = _bootstrap_ratios(num_t, den_t, n_boot, rng) - _bootstrap_ratios(
         num_c, den_c, n_boot, rng
     )
+    # A resample without a denominator in either group has no difference.
+    draws = draws[~np.isnan(draws)]
+    if len(draws) == 0:
+        return Comparison(
+            control,
+            treatment,
+            treatment - control,
+            nan,
+            nan,
+            nan,
+            len(num_c),
+            len(num_t),
+            confidence,
+            "bootstrap (no resample had a ratio)",
+        )
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
     below = int((draws <= 0).sum())
     above = int((draws >= 0).sum())
-    p_value = min(1.0, 2 * (min(below, above) + 1) / (n_boot + 1))
+    p_value = min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1))
     return Comparison(
         control=control,
         treatment=treatment,
