@@ -28,9 +28,11 @@ segment are fitted by EM (the likelihood is concave in the shares, so EM finds i
 maximum), each segment's shrunk towards everyone's by a Dirichlet prior worth
 ``segment_prior_views`` views (a segment with few views keeps everyone's). ``D`` and
 ``category_strength`` are each chosen from their candidates by the held-out likelihood.
-The parts are then recomputed on every view for scoring. The fitted shares, the chosen
-values and the held-out log-likelihood are attributes (``shares_``, ``trend_days_``,
-``category_strength_``, ``heldout_loglik_``).
+The candidates are compared on the same held-out views, those every candidate gives a
+chance. The parts are then recomputed on every view for scoring. The fitted shares, the
+chosen values, the held-out log-likelihood and the number of views it is over are
+attributes (``shares_``, ``trend_days_``, ``category_strength_``, ``heldout_loglik_``,
+``heldout_views_``).
 
 A view is not a purchase: ``q`` is multiplied by the product's conversion, its purchases
 per view smoothed towards everyone's (``conversion_prior_views`` views of it), which is
@@ -246,7 +248,7 @@ class ViewMixture(CategoryPopularity):
         launches = np.sort(launch)
         rows = row[customer]
         group = self.item_category_ * len(self.bands_) + self.item_band_
-        best: tuple[float, float, float, np.ndarray] | None = None
+        candidates = []
         for trend_days in self.trend_days:
             launched_ago = launch[item] - age
             trending = np.searchsorted(launches, age + trend_days, side="right") - np.searchsorted(
@@ -266,14 +268,21 @@ class ViewMixture(CategoryPopularity):
                     * within[item]
                 )
                 parts = np.column_stack([own_part, trend_part, taste_part])
-                shares, loglik = fit_shares(
-                    parts, rows, n_segments + 1, float(self.segment_prior_views)
-                )
-                if best is None or loglik > best[0]:
-                    best = (loglik, float(trend_days), float(strength), shares[:-1])
+                candidates.append((float(trend_days), float(strength), parts))
+        # The candidates are compared on the same views: those each of them can explain
+        # (a view of a product launched in the held-out days, past a short trend window,
+        # has no chance under that window; leaving it out would favour the window).
+        common = np.logical_and.reduce([parts.sum(1) > 0 for *_, parts in candidates])
+        best: tuple[float, float, float, np.ndarray] | None = None
+        for trend_days, strength, parts in candidates:
+            shares, loglik = fit_shares(
+                parts[common], rows[common], n_segments + 1, float(self.segment_prior_views)
+            )
+            if best is None or loglik > best[0]:
+                best = (loglik, trend_days, strength, shares[:-1])
         assert best is not None
         self.heldout_loglik_, self.trend_days_, self.category_strength_, self.shares_ = best
-        self.heldout_views_ = int(held.sum())
+        self.heldout_views_ = int(common.sum())
 
         everything = self._looks(data, looks, 0.0, row, n_segments + 1, launch)
         self.segment_category_ = everything.category
