@@ -61,7 +61,7 @@ class ServingPolicy:
     viewed: SessionPolicy = "exclude"  # items viewed in this session
     carted: SessionPolicy = "exclude"  # items in the basket
     session_boost: float = 0.1  # added to a boosted item's blended score (which is in [0, 1])
-    context_weight: float = 0.5  # weight of similarity to the page's product or basket
+    context_weight: float = 1.0  # weight of similarity to the page's product or basket
 
 
 @dataclass(frozen=True)
