@@ -362,8 +362,8 @@ def bootstrap_ratio_difference(
         )
     control = float(num_c.sum() / den_c.sum())
     treatment = float(num_t.sum() / den_t.sum())
-    if min(len(num_c), len(num_t)) < 2:
-        # One customer resampled is always that customer: no spread to test against.
+
+    def untested(why: str) -> Comparison:
         return Comparison(
             control,
             treatment,
@@ -374,8 +374,12 @@ def bootstrap_ratio_difference(
             len(num_c),
             len(num_t),
             confidence,
-            "bootstrap (not run: a group has fewer than 2 customers)",
+            f"bootstrap ({why})",
         )
+
+    if min(len(num_c), len(num_t)) < 2:
+        # One customer resampled is always that customer: no spread to test against.
+        return untested("not run: a group has fewer than 2 customers")
     rng = _rng(random_state)
     draws = _bootstrap_ratios(num_t, den_t, n_boot, rng) - _bootstrap_ratios(
         num_c, den_c, n_boot, rng
@@ -383,18 +387,7 @@ def bootstrap_ratio_difference(
     # A resample without a denominator in either group has no difference.
     draws = draws[~np.isnan(draws)]
     if len(draws) == 0:
-        return Comparison(
-            control,
-            treatment,
-            treatment - control,
-            nan,
-            nan,
-            nan,
-            len(num_c),
-            len(num_t),
-            confidence,
-            "bootstrap (no resample had a ratio)",
-        )
+        return untested("no resample had a ratio")
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
     below = int((draws <= 0).sum())
     above = int((draws >= 0).sum())

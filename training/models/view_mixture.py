@@ -248,9 +248,16 @@ class ViewMixture(CategoryPopularity):
         launches = np.sort(launch)
         rows = row[customer]
         group = self.item_category_ * len(self.bands_) + self.item_band_
+        # What every candidate shares: each view's customer's looks in its category, all
+        # their looks, their row's share of that category and band, the product's age.
+        at = (np.arange(len(item)), self.item_category_[item])
+        in_category = earlier.customer_category[customer][at]
+        looked = earlier.customer_category[customer].sum(1)
+        row_share = earlier.category[rows][at]
+        band_share = earlier.band[rows, self.item_band_[item]]
+        launched_ago = launch[item] - age
         candidates = []
         for trend_days in self.trend_days:
-            launched_ago = launch[item] - age
             trending = np.searchsorted(launches, age + trend_days, side="right") - np.searchsorted(
                 launches, age, side="left"
             )
@@ -258,15 +265,8 @@ class ViewMixture(CategoryPopularity):
             trend_part = np.where(inside, 1.0 / np.maximum(trending, 1), 0.0)
             within = earlier.within(group, float(self.popularity_smoothing), float(trend_days))
             for strength in self.category_strength:
-                counts = earlier.customer_category[customer]
-                category = (counts + strength * earlier.category[rows]) / (
-                    counts.sum(1, keepdims=True) + strength
-                )
-                taste_part = (
-                    category[np.arange(len(item)), self.item_category_[item]]
-                    * earlier.band[rows, self.item_band_[item]]
-                    * within[item]
-                )
+                category = (in_category + strength * row_share) / (looked + strength)
+                taste_part = category * band_share * within[item]
                 parts = np.column_stack([own_part, trend_part, taste_part])
                 candidates.append((float(trend_days), float(strength), parts))
         # The candidates are compared on the same views: those each of them can explain
